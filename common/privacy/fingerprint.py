@@ -1,0 +1,30 @@
+"""A stable fingerprint of a site's dataset: the key its privacy spend is recorded under."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from common.data.types import LabeledData
+
+
+def dataset_fingerprint(data: LabeledData) -> str:
+    """sha256 over the records (features or texts) and labels, order-independent.
+
+    Two loads of the same records give the same key, however they were ordered, so a site's
+    spend on its data composes across runs; any changed record gives a new key.
+    """
+    row_hashes = []
+    for i in range(len(data)):
+        h = hashlib.sha256()
+        if data.features is not None:
+            h.update(np.ascontiguousarray(data.features[i], dtype=np.float64).tobytes())
+        if data.texts is not None:
+            h.update(data.texts[i].encode("utf-8"))
+        h.update(b"|" + str(int(data.labels[i])).encode())
+        row_hashes.append(h.digest())
+    total = hashlib.sha256(data.kind.encode())
+    for digest in sorted(row_hashes):
+        total.update(digest)
+    return total.hexdigest()
