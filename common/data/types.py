@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LabeledData:
-    """Labelled records of one dataset (or one site's share of it).
+    """Labelled records of one dataset (or one site's share of it). Compared and hashed by
+    identity (it holds arrays), so loaded datasets can key per-process caches.
 
     kind: "tabular" (``features`` is a float32 matrix n x d) or "text" (``texts`` holds n strings).
     labels: int64 class indices in [0, num_classes).

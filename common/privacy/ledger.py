@@ -103,6 +103,8 @@ class PrivacyLedger:
         try:
             self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
             self._open()
+        except sqlite3.OperationalError:
+            raise  # locked, read-only, disk full: a real condition, not a damaged file
         except sqlite3.DatabaseError as err:
             raise LedgerError(
                 f"privacy ledger {self.path} is unreadable ({err}). It is not a SQLite file or is "
@@ -117,7 +119,10 @@ class PrivacyLedger:
                 f"(tables: {', '.join(sorted(tables))}); point the site at its own ledger file"
             )
         with self._transaction():
-            self._conn.executescript(_SCHEMA) if not tables else None
+            if not tables:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
             meta = dict(self._conn.execute("SELECT key, value FROM meta"))
             if not meta:
                 self._conn.executemany(

@@ -1,0 +1,77 @@
+"""Who this site is in a Flower Context: the run's settings, the site's own settings, its data."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from flwr.app import Context
+
+from client.site_data import SiteData, load_site_data
+from common.config import ConfigError, RunSettings, SiteSettings, load_sites_file
+from common.task import pick_device
+
+SIMULATION_KEYS = ("partition-id", "num-partitions")
+
+
+@dataclass(frozen=True)
+class Site:
+    """settings: the run's (server-requested) settings; policy: the site's own settings;
+    partition_id: the simulation partition (-1 in deployment); ledger_path: its privacy ledger."""
+
+    settings: RunSettings
+    policy: SiteSettings
+    partition_id: int
+    num_partitions: int
+    data: SiteData
+    ledger_path: Path
+    device: torch.device
+
+
+def site_from_context(context: Context) -> Site:
+    """Resolve settings, site policy and data from ``context`` (cached per process)."""
+    settings = RunSettings.from_run_config(context.run_config)
+    node_config = dict(context.node_config)
+    partition_id = int(node_config.pop("partition-id", -1))
+    num_partitions = int(node_config.pop("num-partitions", 1))
+    if partition_id >= 0 and settings.sites_file:
+        policy = _sites(settings.sites_file).get(partition_id, SiteSettings())
+    else:
+        policy = SiteSettings.from_mapping(node_config, "node config")
+    if partition_id < 0 and not policy.data_file:
+        raise ConfigError(
+            "this SuperNode has no data: start it with --node-config \"data-file='/path/x.csv' "
+            "label-column='label'\" (and the site's epsilon-budget, delta, ledger)"
+        )
+    data = load_site_data(settings, policy, max(partition_id, 0), num_partitions)
+    return Site(
+        settings=settings,
+        policy=policy,
+        partition_id=partition_id,
+        num_partitions=num_partitions,
+        data=data,
+        ledger_path=_ledger_path(settings, policy, partition_id, context.run_id, data.name),
+        device=pick_device(),
+    )
+
+
+@lru_cache(maxsize=4)
+def _sites(path: str) -> dict[int, SiteSettings]:
+    return load_sites_file(path)
+
+
+def _ledger_path(
+    settings: RunSettings, policy: SiteSettings, partition_id: int, run_id: int, name: str
+) -> Path:
+    """The site's ledger. Deployment default: $FEDPRIV_HOME/ledger.sqlite (~/.fedpriv). A
+    simulated site without one gets a ledger per run under the results folder."""
+    if policy.ledger:
+        return Path(policy.ledger).expanduser()
+    if partition_id < 0:
+        home = Path(os.environ.get("FEDPRIV_HOME", Path.home() / ".fedpriv"))
+        return home / "ledger.sqlite"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return Path(settings.results_dir) / "ledgers" / f"run-{run_id}" / f"{safe}.sqlite"

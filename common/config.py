@@ -1,0 +1,202 @@
+"""Typed, validated run settings (Flower run config, kebab-case keys) and site settings.
+
+The run config is what the coordinator asks for (pyproject ``[tool.flwr.app.config]`` plus
+``--run-config`` overrides). Site settings come from the site (``--node-config`` in deployment,
+a ``sites-file`` TOML in simulation) and are the site's own: the server never sets them.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from common.privacy.accounting import ACCOUNTANTS
+
+
+class ConfigError(ValueError):
+    """A run or site setting is missing, unknown, of the wrong type or out of range."""
+
+
+MODELS = ("mlp", "logreg", "text")
+PARTITIONERS = ("iid", "dirichlet", "natural")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the coordinator configured for one run (see pyproject.toml for the defaults)."""
+
+    num_server_rounds: int = 3
+    seed: int = 0
+    dataset: str = "heart-disease"
+    partitioner: str = "natural"
+    partition_by: str = "dataset"
+    dirichlet_alpha: float = 0.5
+    validation_fraction: float = 0.2
+    server_eval: bool = True
+    model: str = "mlp"
+    model_name_or_path: str = ""
+    lora: bool = True
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_target_modules: str = "query,value"
+    max_length: int = 64
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    dp: bool = True
+    target_epsilon: float = 8.0
+    target_delta: float = 0.0
+    max_grad_norm: float = 1.0
+    accountant: str = "pld"
+    fraction_train: float = 1.0
+    min_train_nodes: int = 2
+    fraction_evaluate: float = 1.0
+    min_evaluate_nodes: int = 2
+    sites_file: str = ""
+    results_dir: str = "results"
+    run_name: str = ""
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
+        """Parse Flower's run config; unknown keys and bad values raise ConfigError."""
+        values = _typed_values(cls, run_config, "run config")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.lora_target_modules.split(",") if t.strip())
+
+    def validate(self) -> None:
+        _require(self.num_server_rounds >= 1, "num-server-rounds must be >= 1")
+        _require(self.partitioner in PARTITIONERS, f"partitioner must be one of {PARTITIONERS}")
+        _require(self.model in MODELS, f"model must be one of {MODELS}, got {self.model!r}")
+        _require(self.dirichlet_alpha > 0, "dirichlet-alpha must be > 0")
+        _require(0 < self.validation_fraction < 1, "validation-fraction must be in (0, 1)")
+        _require(self.local_epochs >= 1, "local-epochs must be >= 1")
+        _require(self.batch_size >= 1, "batch-size must be >= 1")
+        _require(_positive(self.learning_rate), "learning-rate must be a finite number > 0")
+        _require(self.max_length >= 8, "max-length must be >= 8 tokens")
+        _require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora-r and lora-alpha must be >= 1")
+        _require(bool(self.lora_targets), "lora-target-modules must name at least one module")
+        _require(
+            _positive(self.target_epsilon),
+            f"target-epsilon must be a finite number > 0, got {self.target_epsilon} "
+            "(set dp=false for a non-private baseline)",
+        )
+        _require(
+            0 <= self.target_delta < 1,
+            f"target-delta must be in [0, 1) (0 = 0.1/n per site), got {self.target_delta}",
+        )
+        _require(_positive(self.max_grad_norm), "max-grad-norm (clip norm C) must be > 0")
+        _require(self.accountant in ACCOUNTANTS, f"accountant must be one of {ACCOUNTANTS}")
+        _require(0 <= self.fraction_train <= 1, "fraction-train must be in [0, 1]")
+        _require(0 <= self.fraction_evaluate <= 1, "fraction-evaluate must be in [0, 1]")
+        _require(self.min_train_nodes >= 1, "min-train-nodes must be >= 1")
+        _require(self.min_evaluate_nodes >= 0, "min-evaluate-nodes must be >= 0")
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """What a site decided for itself: its data, its privacy budget and delta, its ledger.
+
+    data-file: the site's own CSV/JSONL ("" = its partition of the run's registered dataset).
+    epsilon-budget: lifetime epsilon budget of this dataset (0 = the run's target-epsilon).
+    delta: the site's delta (0 = 0.1/n for its n training records, i.e. < 1/n).
+    ledger: path of the site's privacy ledger ("" = the run's default location).
+    """
+
+    name: str = ""
+    data_file: str = ""
+    label_column: str = "label"
+    text_column: str = ""
+    feature_columns: str = ""
+    class_names: str = ""
+    epsilon_budget: float = 0.0
+    delta: float = 0.0
+    ledger: str = ""
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], where: str) -> SiteSettings:
+        settings = cls(**_typed_values(cls, values, where))
+        _require(
+            settings.epsilon_budget >= 0 and math.isfinite(settings.epsilon_budget),
+            f"{where}: epsilon-budget must be a finite number >= 0",
+        )
+        _require(0 <= settings.delta < 1, f"{where}: delta must be in [0, 1)")
+        return settings
+
+    @property
+    def feature_list(self) -> list[str] | None:
+        names = [c.strip() for c in self.feature_columns.split(",") if c.strip()]
+        return names or None
+
+    @property
+    def class_list(self) -> list[str] | None:
+        names = [c.strip() for c in self.class_names.split(",") if c.strip()]
+        return names or None
+
+
+def load_sites_file(path: str | Path) -> dict[int, SiteSettings]:
+    """Per-site settings for a simulation: a TOML file of ``[site.N]`` tables (N = partition id)."""
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text())
+    except OSError as err:
+        raise ConfigError(f"sites file {file} cannot be read: {err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"sites file {file} is not valid TOML: {err}") from err
+    unknown = set(raw) - {"site", "run", "simulation"}  # a simulation config may hold all three
+    _require(not unknown, f"sites file {file}: unknown top-level keys {sorted(unknown)}")
+    sites: dict[int, SiteSettings] = {}
+    for key, table in raw.get("site", {}).items():
+        _require(
+            key.isdigit() and isinstance(table, dict),
+            f"sites file {file}: expected [site.N] tables with N a partition id, got {key!r}",
+        )
+        sites[int(key)] = SiteSettings.from_mapping(table, f"sites file {file} [site.{key}]")
+    return sites
+
+
+def _typed_values(cls: type, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    known = {f.name.replace("_", "-"): f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    _require(not unknown, f"{where}: unknown keys {unknown}; known keys: {sorted(known)}")
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        field = known[key]
+        default = field.default
+        if isinstance(default, bool):
+            _require(
+                isinstance(value, bool), f"{where}: {key} must be true or false, not {value!r}"
+            )
+        elif isinstance(default, int):
+            _require(
+                isinstance(value, int) and not isinstance(value, bool),
+                f"{where}: {key} must be an integer, got {value!r}",
+            )
+        elif isinstance(default, float):
+            _require(
+                isinstance(value, int | float) and not isinstance(value, bool),
+                f"{where}: {key} must be a number, got {value!r}",
+            )
+            value = float(value)
+            _require(not math.isnan(value), f"{where}: {key} must not be NaN")
+        else:
+            _require(isinstance(value, str), f"{where}: {key} must be a string, got {value!r}")
+        out[field.name] = value
+    return out
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

@@ -1,0 +1,85 @@
+"""The model and tensors a run trains, built the same way at the server and at every site."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from transformers import PreTrainedTokenizerBase
+
+from common.config import ConfigError, RunSettings
+from common.data.types import LabeledData
+from common.models.tabular import build_tabular_model
+from common.models.text import LoraSettings, encode_texts, load_text_classifier
+
+
+def model_source(settings: RunSettings) -> str:
+    """The pretrained model to load: the configured path or hub name, else the packaged MiniLM."""
+    if settings.model_name_or_path:
+        return settings.model_name_or_path
+    from common.data.assets import minilm_path
+
+    return str(minilm_path())
+
+
+def check_model_fits(settings: RunSettings, data: LabeledData) -> None:
+    """The configured model kind must suit the data kind (text model for text, else tabular)."""
+    wants_text = settings.model == "text"
+    if wants_text != (data.kind == "text"):
+        fix = "model='text'" if data.kind == "text" else "model='mlp' or 'logreg'"
+        raise ConfigError(f"model {settings.model!r} cannot train on {data.kind} data; use {fix}")
+
+
+def build_model(
+    settings: RunSettings, data: LabeledData, device: torch.device | str
+) -> tuple[nn.Module, PreTrainedTokenizerBase | None]:
+    """A fresh model for ``data``'s shape, identical for every caller with the same settings.
+
+    Tabular: seeded MLP / logistic regression. Text: the pretrained encoder from
+    ``model_source`` with a new head, LoRA adapters when ``lora`` (seeded the same way).
+    """
+    check_model_fits(settings, data)
+    if data.kind == "text":
+        lora = (
+            LoraSettings(
+                r=settings.lora_r,
+                alpha=settings.lora_alpha,
+                dropout=0.0,
+                target_modules=settings.lora_targets,
+            )
+            if settings.lora
+            else None
+        )
+        return load_text_classifier(
+            model_source(settings),
+            data.num_classes,
+            lora=lora,
+            device=device,
+            seed=settings.seed,
+        )
+    assert data.features is not None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        model = build_tabular_model(settings.model, data.features.shape[1], data.num_classes)
+    return model.to(device), None
+
+
+def to_tensors(
+    data: LabeledData, tokenizer: PreTrainedTokenizerBase | None, max_length: int
+) -> tuple[TensorDataset, int]:
+    """Tensors ``(*inputs, label)`` for training/evaluation, and how many texts were truncated."""
+    labels = torch.as_tensor(data.labels, dtype=torch.long)
+    if data.kind == "tabular":
+        assert data.features is not None
+        return TensorDataset(torch.as_tensor(data.features, dtype=torch.float32), labels), 0
+    if tokenizer is None or data.texts is None:
+        raise ValueError("text data needs a tokenizer")
+    return encode_texts(tokenizer, data.texts, data.labels, max_length)
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else CPU (override with FEDPRIV_DEVICE)."""
+    import os
+
+    name = os.environ.get("FEDPRIV_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,38 @@
+"""fedpriv ServerApp: FedAvg over the sites for R rounds, progress per round, results folder."""
+
+from __future__ import annotations
+
+import time
+from logging import WARNING
+
+from flwr.app import ConfigRecord, Context
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import RunSettings
+from server.strategy import RunStopped
+from common.protocol import to_array_record
+from server.run import FederatedRun
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run ``num-server-rounds`` of FedAvg; write metrics, the final model and a summary."""
+    settings = RunSettings.from_run_config(context.run_config)
+    run_name = settings.run_name or time.strftime("%Y%m%d-%H%M%S") + f"-{context.run_id}"
+    with FederatedRun(settings, run_name, context.run_id) as run:
+        try:
+            result = run.strategy.start(
+                grid=grid,
+                initial_arrays=to_array_record(run.initial_weights()),
+                num_rounds=settings.num_server_rounds,
+                train_config=ConfigRecord(run.requested_training()),
+                evaluate_fn=run.end_of_round,
+            )
+        except RunStopped as stop:
+            log(WARNING, "Run stopped early: %s", stop)
+            run.finish(run.latest_arrays, stopped_early=str(stop))
+        else:
+            run.finish(result.arrays)
