@@ -54,7 +54,12 @@ def calibrate_noise_multiplier(
     if accountant == "rdp":
         return sigma_rdp
     make_accountant(accountant)  # validates the name
-    lower = sigma_rdp / 2
+    upper = sigma_rdp
+    while gap(accountant)(upper) > 0:  # PLD is tighter than RDP, but never trust a bracket
+        upper *= 1.5
+        if upper > _SIGMA_LIMITS[1]:
+            raise ValueError("no noise multiplier up to 1e4 meets the target epsilon")
+    lower = upper / 2
     while lower > _SIGMA_LIMITS[0] and gap(accountant)(lower) <= 0:
         lower /= 2
     return float(
@@ -63,8 +68,8 @@ def calibrate_noise_multiplier(
             event,
             target_epsilon,
             delta,
-            dp_accounting.ExplicitBracketInterval(lower, sigma_rdp),
-            tol=2e-3 * sigma_rdp,
+            dp_accounting.ExplicitBracketInterval(lower, upper),
+            tol=2e-3 * upper,
         )
     )
 

@@ -10,6 +10,7 @@ counts: the ledger errs on the side of over-counting, never under-counting.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -102,10 +103,18 @@ class PrivacyLedger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        except sqlite3.OperationalError as err:
+            raise LedgerError(f"privacy ledger {self.path} cannot be opened: {err}") from err
+        try:
             self._open()
+        except LedgerError:
+            self._conn.close()
+            raise
         except sqlite3.OperationalError:
+            self._conn.close()
             raise  # locked, read-only, disk full: a real condition, not a damaged file
         except sqlite3.DatabaseError as err:
+            self._conn.close()
             raise LedgerError(
                 f"privacy ledger {self.path} is unreadable ({err}). It is not a SQLite file or is "
                 "damaged; restore it from a backup. fedpriv never resets a ledger."
@@ -123,7 +132,10 @@ class PrivacyLedger:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._conn.execute(statement)
-            meta = dict(self._conn.execute("SELECT key, value FROM meta"))
+            try:
+                meta = dict(self._conn.execute("SELECT key, value FROM meta"))
+            except sqlite3.OperationalError as err:
+                raise LedgerError(f"{self.path} is not a fedpriv privacy ledger ({err})") from err
             if not meta:
                 self._conn.executemany(
                     "INSERT INTO meta VALUES (?, ?)",
@@ -230,6 +242,8 @@ class PrivacyLedger:
         """
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"unknown accountant {accountant!r}")
+        if not (math.isfinite(epsilon_budget) and epsilon_budget >= 0):
+            raise ValueError(f"epsilon budget must be a finite number >= 0, got {epsilon_budget}")
         with self._transaction():
             past = [r.release for r in self.rows(fingerprint)]
             spent = compute_epsilon(past, delta, accountant)
@@ -259,6 +273,16 @@ class PrivacyLedger:
     def mark_released(self, row_id: int, steps: int) -> None:
         """Record that the update left (or is about to leave) the site after ``steps`` steps."""
         with self._transaction():
+            row = self._conn.execute(
+                "SELECT steps, status FROM releases WHERE id = ?", (row_id,)
+            ).fetchone()
+            if row is None or row[1] != "reserved":
+                raise LedgerError(f"ledger row {row_id} is not a reservation (it is {row})")
+            if not 0 <= steps <= row[0]:
+                raise ValueError(
+                    f"{steps} steps taken but {row[0]} reserved: a release can only be smaller "
+                    "than what passed the budget check"
+                )
             self._conn.execute(
                 "UPDATE releases SET status = 'released', steps = ? WHERE id = ?", (steps, row_id)
             )
