@@ -119,7 +119,8 @@ def run_train_round(
         ledger.mark_released(row, result.num_steps)  # recorded before the update leaves
         spent = ledger.epsilon_spent(fingerprint, privacy.delta, privacy.plan.accountant)
     log.info(
-        "site %s round %s: loss %.4f, epsilon %.3f of %.3f (delta %.2g, sigma %.3f, q %.4f, %d steps)",
+        "site %s round %s: loss %.4f, epsilon %.3f of %.3f (delta %.2g, sigma %.3f, q %.4f, "
+        "%d steps)",
         site.data.name,
         server_round,
         result.loss,
@@ -147,6 +148,8 @@ def _train(
         dp=dp,
         device=site.device,
         seed=None,
+        optimizer=s.optimizer,
+        max_steps=s.local_steps or None,
     )
 
 

@@ -23,6 +23,7 @@ class ConfigError(ValueError):
 
 MODELS = ("mlp", "logreg", "text")
 PARTITIONERS = ("iid", "dirichlet", "natural")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class RunSettings:
     dirichlet_alpha: float = 0.5
     validation_fraction: float = 0.2
     server_eval: bool = True
+    server_eval_max_records: int = 0
     model: str = "mlp"
     model_name_or_path: str = ""
     lora: bool = True
@@ -45,8 +47,10 @@ class RunSettings:
     lora_target_modules: str = "query,value"
     max_length: int = 64
     local_epochs: int = 1
+    local_steps: int = 0
     batch_size: int = 32
     learning_rate: float = 0.05
+    optimizer: str = "sgd"
     dp: bool = True
     target_epsilon: float = 8.0
     target_delta: float = 0.0
@@ -76,9 +80,12 @@ class RunSettings:
         _require(self.num_server_rounds >= 1, "num-server-rounds must be >= 1")
         _require(self.partitioner in PARTITIONERS, f"partitioner must be one of {PARTITIONERS}")
         _require(self.model in MODELS, f"model must be one of {MODELS}, got {self.model!r}")
-        _require(self.dirichlet_alpha > 0, "dirichlet-alpha must be > 0")
+        _require(_positive(self.dirichlet_alpha), "dirichlet-alpha must be a finite number > 0")
         _require(0 < self.validation_fraction < 1, "validation-fraction must be in (0, 1)")
         _require(self.local_epochs >= 1, "local-epochs must be >= 1")
+        _require(self.local_steps >= 0, "local-steps must be >= 0 (0 = local-epochs passes)")
+        _require(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}")
+        _require(self.server_eval_max_records >= 0, "server-eval-max-records must be >= 0")
         _require(self.batch_size >= 1, "batch-size must be >= 1")
         _require(_positive(self.learning_rate), "learning-rate must be a finite number > 0")
         _require(self.max_length >= 8, "max-length must be >= 8 tokens")
@@ -146,17 +153,19 @@ def load_sites_file(path: str | Path) -> dict[int, SiteSettings]:
     """Per-site settings for a simulation: a TOML file of ``[site.N]`` tables (N = partition id)."""
     file = Path(path)
     try:
-        raw = tomllib.loads(file.read_text())
-    except OSError as err:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"sites file {file} cannot be read: {err}") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"sites file {file} is not valid TOML: {err}") from err
     unknown = set(raw) - {"site", "run", "simulation"}  # a simulation config may hold all three
     _require(not unknown, f"sites file {file}: unknown top-level keys {sorted(unknown)}")
+    tables = raw.get("site", {})
+    _require(isinstance(tables, dict), f"sites file {file}: 'site' must hold [site.N] tables")
     sites: dict[int, SiteSettings] = {}
-    for key, table in raw.get("site", {}).items():
+    for key, table in tables.items():
         _require(
-            key.isdigit() and isinstance(table, dict),
+            key.isascii() and key.isdecimal() and isinstance(table, dict),
             f"sites file {file}: expected [site.N] tables with N a partition id, got {key!r}",
         )
         sites[int(key)] = SiteSettings.from_mapping(table, f"sites file {file} [site.{key}]")

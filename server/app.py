@@ -10,9 +10,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunSettings
-from server.strategy import RunStopped
 from common.protocol import to_array_record
 from server.run import FederatedRun
+from server.strategy import RunStopped
 
 app = ServerApp()
 

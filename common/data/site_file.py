@@ -27,27 +27,45 @@ class DataError(ValueError):
     """A site data file that cannot be used as is; the message says which file, column and rows."""
 
 
-def load_site_file(path: str | Path, *, label_column: str, text_column: str | None = None,
-                   feature_columns: list[str] | None = None,
-                   class_names: list[str] | None = None) -> LabeledData:
+def load_site_file(
+    path: str | Path,
+    *,
+    label_column: str,
+    text_column: str | None = None,
+    feature_columns: list[str] | None = None,
+    class_names: list[str] | None = None,
+) -> LabeledData:
     """Read ``path`` into LabeledData (text if ``text_column`` is given, else tabular)."""
     path = Path(path)
     frame = _read(path)
-    _require_columns(frame, path, [label_column, *([text_column] if text_column else []),
-                                   *(feature_columns or [])])
+    _require_columns(
+        frame,
+        path,
+        [label_column, *([text_column] if text_column else []), *(feature_columns or [])],
+    )
     labels, names = _labels(frame[label_column], path, label_column, class_names)
     if text_column is not None:
-        return LabeledData(kind="text", labels=labels, class_names=names,
-                           texts=_texts(frame[text_column], path, text_column))
+        return LabeledData(
+            kind="text",
+            labels=labels,
+            class_names=names,
+            texts=_texts(frame[text_column], path, text_column),
+        )
     if feature_columns is None:
         feature_columns = [c for c in frame.select_dtypes("number").columns if c != label_column]
         if not feature_columns:
-            raise DataError(f"{path} has no numeric feature columns besides the label "
-                            f"{label_column!r} (columns: {list(frame.columns)}); pass "
-                            "feature_columns or text_column")
-    return LabeledData(kind="tabular", labels=labels, class_names=names,
-                       features=_features(frame, path, feature_columns),
-                       feature_names=list(feature_columns))
+            raise DataError(
+                f"{path} has no numeric feature columns besides the label "
+                f"{label_column!r} (columns: {list(frame.columns)}); pass "
+                "feature_columns or text_column"
+            )
+    return LabeledData(
+        kind="tabular",
+        labels=labels,
+        class_names=names,
+        features=_features(frame, path, feature_columns),
+        feature_names=list(feature_columns),
+    )
 
 
 def write_site_file(data: LabeledData, path: str | Path) -> None:
@@ -74,11 +92,13 @@ def write_site_file(data: LabeledData, path: str | Path) -> None:
 
 def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise DataError(f"site data file not found: {path}" +
-                        (" (it is a directory)" if path.is_dir() else ""))
+        raise DataError(
+            f"site data file not found: {path}" + (" (it is a directory)" if path.is_dir() else "")
+        )
     if path.suffix not in SUFFIXES:
-        raise DataError(f"unsupported site data file {path}: the suffix must be one of "
-                        f"{', '.join(SUFFIXES)}")
+        raise DataError(
+            f"unsupported site data file {path}: the suffix must be one of {', '.join(SUFFIXES)}"
+        )
     try:
         if path.suffix == ".csv":
             # Only an empty cell is missing: a text or class named "NA" or "null" stays itself.
@@ -127,8 +147,9 @@ def _rows(mask: pd.Series) -> str:
     return f"{len(rows)} row(s) (data rows {shown})"
 
 
-def _labels(values: pd.Series, path: Path, column: str,
-            class_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
+def _labels(
+    values: pd.Series, path: Path, column: str, class_names: list[str] | None
+) -> tuple[np.ndarray, list[str]]:
     missing = values.isna()
     if missing.any():
         raise DataError(f"label column {column!r} of {path} is empty in {_rows(missing)}")
@@ -150,9 +171,11 @@ def _labels(values: pd.Series, path: Path, column: str,
             bad.add(_name(value))
         codes.append(code)
     if bad:
-        raise DataError(f"label column {column!r} of {path} has values {sorted(bad)[:10]} that are "
-                        f"neither one of the declared classes {class_names} nor a class index "
-                        f"0..{len(class_names) - 1}")
+        raise DataError(
+            f"label column {column!r} of {path} has values {sorted(bad)[:10]} that are "
+            f"neither one of the declared classes {class_names} nor a class index "
+            f"0..{len(class_names) - 1}"
+        )
     return np.asarray(codes, dtype=np.int64), list(class_names)
 
 
@@ -174,8 +197,10 @@ def _is_int(value: object) -> bool:
 def _texts(values: pd.Series, path: Path, column: str) -> list[str]:
     empty = values.isna() | (values.astype(str).str.strip() == "")
     if empty.any():
-        raise DataError(f"text column {column!r} of {path} is empty in {_rows(empty)}; remove "
-                        "those records or fill them")
+        raise DataError(
+            f"text column {column!r} of {path} is empty in {_rows(empty)}; remove "
+            "those records or fill them"
+        )
     return values.astype(str).tolist()
 
 
@@ -188,7 +213,10 @@ def _features(frame: pd.DataFrame, path: Path, columns: list[str]) -> np.ndarray
             problems.append(f"{col!r}: {_rows(bad)}")
         blocks.append(numeric.to_numpy())
     if problems:
-        raise DataError(f"feature columns of {path} have non-numeric, missing or infinite values: "
-                        + "; ".join(problems) + ". Clean or impute them, or leave the column out "
-                        "of feature_columns")
+        raise DataError(
+            f"feature columns of {path} have non-numeric, missing or infinite values: "
+            + "; ".join(problems)
+            + ". Clean or impute them, or leave the column out "
+            "of feature_columns"
+        )
     return np.column_stack(blocks).astype(np.float32)

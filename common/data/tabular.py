@@ -50,8 +50,11 @@ def encode_tabular(
         filled = fit.fillna(median)
         mean, std = float(filled.mean()), float(filled.std(ddof=0)) or 1.0
         other = pd.to_numeric(test[col]).astype(float)
-        add(col, ((filled - mean) / std).to_numpy(),
-            ((other.fillna(median) - mean) / std).to_numpy())
+        add(
+            col,
+            ((filled - mean) / std).to_numpy(),
+            ((other.fillna(median) - mean) / std).to_numpy(),
+        )
         if col in schema.may_be_missing:
             add(f"{col}=missing", fit.isna().to_numpy(float), other.isna().to_numpy(float))
 
@@ -59,15 +62,22 @@ def encode_tabular(
         train_text = _as_categories(train, col, categories)
         test_text = _as_categories(test, col, categories)
         for category in categories:
-            add(f"{col}={category}", (train_text == category).to_numpy(float),
-                (test_text == category).to_numpy(float))
+            add(
+                f"{col}={category}",
+                (train_text == category).to_numpy(float),
+                (test_text == category).to_numpy(float),
+            )
         if col in schema.may_be_missing:
-            add(f"{col}=missing", train_text.isna().to_numpy(float),
-                test_text.isna().to_numpy(float))
+            add(
+                f"{col}=missing",
+                train_text.isna().to_numpy(float),
+                test_text.isna().to_numpy(float),
+            )
 
     for col in schema.passthrough:
-        add(col, pd.to_numeric(train[col]).to_numpy(float),
-            pd.to_numeric(test[col]).to_numpy(float))
+        add(
+            col, pd.to_numeric(train[col]).to_numpy(float), pd.to_numeric(test[col]).to_numpy(float)
+        )
 
     return _stack(train_blocks, len(train)), _stack(test_blocks, len(test)), names
 
@@ -78,7 +88,8 @@ def _as_categories(frame: pd.DataFrame, col: str, categories: list[str]) -> pd.S
     unknown = sorted(set(values.dropna()) - set(categories))
     if unknown:
         raise ValueError(
-            f"column {col!r} has undeclared categories {unknown}; declared: {categories}")
+            f"column {col!r} has undeclared categories {unknown}; declared: {categories}"
+        )
     return values
 
 

@@ -35,7 +35,8 @@ class LabeledData:
         if self.kind == "tabular":
             if self.features is None or self.features.ndim != 2 or len(self.features) != n:
                 raise ValueError(
-                    "tabular LabeledData needs a 2-D features matrix with one row per label")
+                    "tabular LabeledData needs a 2-D features matrix with one row per label"
+                )
         elif self.texts is None or len(self.texts) != n:
             raise ValueError("text LabeledData needs one text per label")
         for name, values in self.columns.items():

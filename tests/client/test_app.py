@@ -42,8 +42,15 @@ def _message(context: Context, message_type: str, server_round: int = 1) -> Mess
         }
     )
     metadata = Metadata(
-        run_id=7, message_id="m1", src_node_id=0, dst_node_id=1, reply_to_message_id="",
-        group_id="1", created_at=time.time(), ttl=600.0, message_type=message_type,
+        run_id=7,
+        message_id="m1",
+        src_node_id=0,
+        dst_node_id=1,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=message_type,
     )
     return Message(content=content, metadata=metadata)
 

@@ -98,10 +98,14 @@ def test_minilm_path_is_the_pretrained_model_directory():
     path = minilm_path()
     config = json.loads((path / "config.json").read_text())
     assert (config["model_type"], config["hidden_size"], config["num_hidden_layers"]) == (
-        "bert", 384, 6)
+        "bert",
+        384,
+        6,
+    )
     assert (path / "model.safetensors").stat().st_size == 90_868_376
-    assert {"tokenizer.json", "vocab.txt", "tokenizer_config.json"} <= {p.name for p in
-                                                                         path.iterdir()}
+    assert {"tokenizer.json", "vocab.txt", "tokenizer_config.json"} <= {
+        p.name for p in path.iterdir()
+    }
 
 
 def test_damaged_cache_entry_is_fetched_again(tmp_path, monkeypatch):

@@ -11,10 +11,13 @@ from common.data.types import LabeledData
 def _toy(n: int = 200, classes: int = 3) -> LabeledData:
     """Records whose feature is their own id, so a partition says exactly which records it holds."""
     ids = np.arange(n)
-    return LabeledData(kind="tabular", labels=(ids % classes).astype(np.int64),
-                       class_names=[str(c) for c in range(classes)],
-                       features=ids.reshape(-1, 1).astype(np.float32),
-                       columns={"site": np.array(["b", "a", "c", "a"])[ids % 4]})
+    return LabeledData(
+        kind="tabular",
+        labels=(ids % classes).astype(np.int64),
+        class_names=[str(c) for c in range(classes)],
+        features=ids.reshape(-1, 1).astype(np.float32),
+        columns={"site": np.array(["b", "a", "c", "a"])[ids % 4]},
+    )
 
 
 def _ids(part: LabeledData) -> np.ndarray:
@@ -25,8 +28,9 @@ def _all(data: LabeledData, k: int, **kwargs) -> list[LabeledData]:
     return [partition(data, num_partitions=k, partition_id=i, **kwargs) for i in range(k)]
 
 
-@pytest.mark.parametrize(("scheme", "kwargs"), [
-    ("iid", {}), ("dirichlet", {"alpha": 0.3}), ("natural", {"by": "site"})])
+@pytest.mark.parametrize(
+    ("scheme", "kwargs"), [("iid", {}), ("dirichlet", {"alpha": 0.3}), ("natural", {"by": "site"})]
+)
 def test_every_record_is_in_exactly_one_partition(scheme, kwargs):
     data = _toy()
     k = 3 if scheme == "natural" else 5
@@ -57,7 +61,11 @@ def test_dirichlet_is_deterministic_for_a_seed_and_skews_labels():
 def test_natural_partitions_of_heart_disease_are_the_hospitals():
     train, _ = load_dataset("heart-disease")
     assert natural_partition_values(train, "dataset") == [
-        "Cleveland", "Hungary", "Switzerland", "VA Long Beach"]
+        "Cleveland",
+        "Hungary",
+        "Switzerland",
+        "VA Long Beach",
+    ]
     parts = _all(train, 4, scheme="natural", by="dataset")
     hospitals = [set(p.columns["dataset"]) for p in parts]
     assert hospitals == [{"Cleveland"}, {"Hungary"}, {"Switzerland"}, {"VA Long Beach"}]
@@ -71,17 +79,23 @@ def test_natural_needs_one_partition_per_value():
     train, _ = load_dataset("heart-disease")
     with pytest.raises(ValueError, match=r"gives 4 partitions .*set num_partitions to 4"):
         partition(train, num_partitions=3, partition_id=0, scheme="natural", by="dataset")
-    with pytest.raises(ValueError, match=r"'hospital' is not one of the data's columns "
-                                         r"\['dataset', 'sex'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"'hospital' is not one of the data's columns "
+        r"\['dataset', 'sex'\]",
+    ):
         partition(train, num_partitions=4, partition_id=0, scheme="natural", by="hospital")
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"scheme": "shards"}, "known schemes: iid, dirichlet, natural"),
-    ({"scheme": "iid", "partition_id": 5}, "partition_id must be in"),
-    ({"scheme": "dirichlet", "alpha": 0.0}, "alpha must be > 0"),
-    ({"scheme": "iid", "num_partitions": 500}, "cannot split 200 records into 500"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scheme": "shards"}, "known schemes: iid, dirichlet, natural"),
+        ({"scheme": "iid", "partition_id": 5}, "partition_id must be in"),
+        ({"scheme": "dirichlet", "alpha": 0.0}, "alpha must be > 0"),
+        ({"scheme": "iid", "num_partitions": 500}, "cannot split 200 records into 500"),
+    ],
+)
 def test_bad_arguments_are_explained(kwargs, message):
     arguments = {"num_partitions": 5, "partition_id": 0} | kwargs
     with pytest.raises(ValueError, match=message):

@@ -20,7 +20,11 @@ def test_heart_disease_has_920_patients_from_four_hospitals():
     train, test = load_dataset("heart-disease")
     assert (len(train), len(test)) == (736, 184)
     assert _both("heart-disease", "dataset") == {
-        "Cleveland": 304, "Hungary": 293, "Switzerland": 123, "VA Long Beach": 200}
+        "Cleveland": 304,
+        "Hungary": 293,
+        "Switzerland": 123,
+        "VA Long Beach": 200,
+    }
     assert set(test.columns["dataset"]) == {"Cleveland", "Hungary", "Switzerland", "VA Long Beach"}
     assert train.class_names == ["no disease", "disease"]
     assert np.bincount(np.concatenate([train.labels, test.labels])).tolist() == [411, 509]

@@ -15,8 +15,9 @@ def test_tabular_round_trip(tmp_path, suffix):
     data = train.subset(np.arange(0, 736, 7))
     path = tmp_path / f"site{suffix}"
     write_site_file(data, path)
-    back = load_site_file(path, label_column="label", feature_columns=data.feature_names,
-                          class_names=data.class_names)
+    back = load_site_file(
+        path, label_column="label", feature_columns=data.feature_names, class_names=data.class_names
+    )
     assert back.kind == "tabular" and back.class_names == ["no disease", "disease"]
     np.testing.assert_array_equal(back.labels, data.labels)
     np.testing.assert_array_equal(back.features, data.features)
@@ -30,8 +31,9 @@ def test_text_round_trip_keeps_quotes_commas_and_newlines(tmp_path, suffix):
     assert any("," in t and "'" in t for t in data.texts)
     path = tmp_path / f"site{suffix}"
     write_site_file(data, path)
-    back = load_site_file(path, label_column="label", text_column="text",
-                          class_names=data.class_names)
+    back = load_site_file(
+        path, label_column="label", text_column="text", class_names=data.class_names
+    )
     assert back.texts == data.texts
     np.testing.assert_array_equal(back.labels, data.labels)
 
@@ -63,8 +65,11 @@ def test_labels_may_be_class_indices(tmp_path):
 def test_labels_outside_the_declared_classes_are_named(tmp_path):
     path = tmp_path / "site.csv"
     path.write_text("x,y\n1,yes\n2,maybe\n3,7\n4,no\n")
-    with pytest.raises(DataError, match=r"values \['7', 'maybe'\] .*declared classes "
-                                        r"\['no', 'yes'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"values \['7', 'maybe'\] .*declared classes "
+        r"\['no', 'yes'\]",
+    ):
         load_site_file(path, label_column="y", class_names=["no", "yes"])
 
 
@@ -78,10 +83,13 @@ def test_missing_file(tmp_path):
     assert f"site data file not found: {tmp_path / 'nope.csv'}" in _error(tmp_path / "nope.csv")
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("", "is empty (no header, no rows)"),
-    ("x,y\n", "has no data rows"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "is empty (no header, no rows)"),
+        ("x,y\n", "has no data rows"),
+    ],
+)
 def test_empty_csv(tmp_path, content, message):
     path = tmp_path / "site.csv"
     path.write_text(content)
@@ -94,13 +102,16 @@ def test_empty_jsonl(tmp_path):
     assert "has no data rows" in _error(path)
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("site.csv", "x,y\n1,2\n3,4,5,6\n", "could not read {path} as CSV"),
-    ("site.jsonl", '{"x": 1, "y": 0}\n{"x": \n', "could not read {path} as JSON Lines"),
-    ("site.csv", b"\xff\xfe\x00garbage\x81", "could not read {path} as CSV"),
-    ("site.jsonl", '{"x": 1, "y": 0}\n[1, 0]\n', "line 2 is not a JSON object"),
-    ("site.parquet", "x", "the suffix must be one of .csv, .jsonl, .json"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("site.csv", "x,y\n1,2\n3,4,5,6\n", "could not read {path} as CSV"),
+        ("site.jsonl", '{"x": 1, "y": 0}\n{"x": \n', "could not read {path} as JSON Lines"),
+        ("site.csv", b"\xff\xfe\x00garbage\x81", "could not read {path} as CSV"),
+        ("site.jsonl", '{"x": 1, "y": 0}\n[1, 0]\n', "line 2 is not a JSON object"),
+        ("site.parquet", "x", "the suffix must be one of .csv, .jsonl, .json"),
+    ],
+)
 def test_unreadable_files(tmp_path, name, content, message):
     path = tmp_path / name
     if isinstance(content, bytes):

@@ -6,8 +6,9 @@ import pytest
 
 from common.data.tabular import TabularSchema, encode_tabular
 
-SCHEMA = TabularSchema(numeric=["x"], categorical={"c": ["a", "b"]}, passthrough=["flag"],
-                       may_be_missing=["x", "c"])
+SCHEMA = TabularSchema(
+    numeric=["x"], categorical={"c": ["a", "b"]}, passthrough=["flag"], may_be_missing=["x", "c"]
+)
 
 
 def test_statistics_come_from_the_training_rows_only():

@@ -1,0 +1,192 @@
+"""Hugging Face sequence classifiers (full fine-tuning or LoRA) and the encoding of their texts."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from torch import nn
+from torch.utils.data import TensorDataset
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA: each target Linear W becomes W + (alpha / r) * B @ A; rank-r A, B train, W is frozen.
+
+    r: adapter rank; alpha: scaling numerator; dropout: dropout on the adapter input;
+    target_modules: names (or name suffixes) of the Linear modules to adapt, e.g.
+    ("query", "value").
+    The classification head is trained in full (peft ``modules_to_save``).
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("query", "value")
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"LoRA rank r must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("LoRA needs at least one target module, e.g. ('query', 'value')")
+
+
+class TextClassifier(nn.Module):
+    """``logits = model(input_ids, attention_mask, token_type_ids, position_ids)``.
+
+    Wraps a Hugging Face sequence classifier (plain or peft LoRA) so that it is called with
+    positional tensors, the form ``encode_texts`` produces. Explicit ``position_ids`` and
+    ``token_type_ids`` (one row per example) let Opacus compute per-sample gradients of the
+    embedding tables in full fine-tuning; arguments the model does not accept are dropped.
+    """
+
+    def __init__(self, model: PreTrainedModel | PeftModel) -> None:
+        super().__init__()
+        self.model = model
+        base = model.get_base_model() if isinstance(model, PeftModel) else model
+        accepted = inspect.signature(base.forward).parameters
+        self._optional = tuple(n for n in ("token_type_ids", "position_ids") if n in accepted)
+
+    @property
+    def is_lora(self) -> bool:
+        return isinstance(self.model, PeftModel)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        given = {"token_type_ids": token_type_ids, "position_ids": position_ids}
+        extra = {n: given[n] for n in self._optional if given[n] is not None}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+
+def _unloadable(name_or_path: str, reason: str) -> OSError:
+    return OSError(
+        f"cannot load a model from {name_or_path!r} ({reason}); it must be a local directory "
+        "with config.json and weights (model.safetensors or pytorch_model.bin) and tokenizer "
+        "files, or a Hugging Face hub name reachable from this machine"
+    )
+
+
+def _check_local(name_or_path: str) -> None:
+    """Fail fast (no hub retries) when ``name_or_path`` is meant as a local directory."""
+    path = Path(name_or_path).expanduser()
+    meant_local = (
+        path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    )
+    if path.exists() or meant_local:
+        if not path.is_dir():
+            raise _unloadable(name_or_path, "no such directory")
+        if not (path / "config.json").is_file():
+            raise _unloadable(name_or_path, "no config.json in that directory")
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """The distinct short names of the Linear modules in ``model`` (LoRA target candidates)."""
+    return sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    )
+
+
+def _check_lora_targets(model: nn.Module, targets: Sequence[str], name_or_path: str) -> None:
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear)]
+    if missing:
+        raise ValueError(
+            f"LoRA target module(s) {missing} match no Linear module of {name_or_path!r}; "
+            f"candidates: {linear_module_names(model)}"
+        )
+
+
+def load_text_classifier(
+    name_or_path: str,
+    num_labels: int,
+    *,
+    lora: LoraSettings | None,
+    device: torch.device | str,
+    seed: int = 0,
+) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
+    """Load a pretrained encoder with a fresh ``num_labels``-way head, plus its tokenizer.
+
+    lora: None trains every parameter (full fine-tuning); LoraSettings trains adapters + head only.
+    seed: seeds the weights that are newly initialised (head, LoRA A matrices), so that every
+        site and the server build the same starting model from the same path.
+    """
+    _check_local(name_or_path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True
+            )
+        except (OSError, ValueError) as err:
+            raise _unloadable(name_or_path, f"{type(err).__name__}: {err}") from err
+        if lora is not None:
+            _check_lora_targets(model, lora.target_modules, name_or_path)
+            config = LoraConfig(
+                task_type=TaskType.SEQ_CLS,
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
+            )
+            with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing")
+                model = get_peft_model(model, config)
+    return TextClassifier(model).to(device), tokenizer
+
+
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    labels: Sequence[int] | np.ndarray,
+    max_length: int,
+) -> tuple[TensorDataset, int]:
+    """Tokenize ``texts`` into TensorDataset(input_ids, attention_mask, token_type_ids,
+    position_ids, labels), padded to the longest text (at most ``max_length`` tokens).
+
+    Returns the dataset and how many texts were longer than ``max_length`` and cut.
+    """
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    if not texts:
+        raise ValueError("no texts to encode")
+    empty = sum(1 for t in texts if not t.strip())
+    if empty:
+        raise ValueError(f"{empty} of {len(texts)} texts are empty; drop or fill them first")
+    full_lengths = [len(ids) for ids in tokenizer(list(texts), verbose=False)["input_ids"]]
+    truncated = sum(n > max_length for n in full_lengths)
+    enc = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        padding="longest",
+        return_tensors="pt",
+    )
+    input_ids = enc["input_ids"]
+    n, length = input_ids.shape
+    token_type_ids = enc.get("token_type_ids", torch.zeros_like(input_ids))
+    position_ids = torch.arange(length).repeat(n, 1)
+    label_tensor = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    dataset = TensorDataset(
+        input_ids, enc["attention_mask"], token_type_ids, position_ids, label_tensor
+    )
+    return dataset, truncated

@@ -1,0 +1,242 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from opacus.data_loader import DPDataLoader
+from torch.utils.data import DataLoader, TensorDataset
+
+from client import training
+from client.evaluation import evaluate
+from client.training import DpSgdSettings, sample_rate, steps_per_epoch, train_locally
+from common.models.tabular import build_tabular_model
+from common.models.text import LoraSettings, encode_texts, load_text_classifier
+from common.models.tiny import save_tiny_bert
+from common.models.weights import trainable_state
+
+transformers.logging.set_verbosity_error()
+WORDS = "the movie film was great awful good bad fun boring acting plot story very really".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def _blobs(n: int, seed: int = 0) -> TensorDataset:
+    """Two well separated Gaussian blobs in 4-D: a linearly separable problem."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    features = torch.randn(n, 4, generator=g) * 0.5 + (labels[:, None] * 2.0 - 1.0)
+    return TensorDataset(features, labels)
+
+
+def _texts(tokenizer, n: int, seed: int = 0) -> TensorDataset:
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(WORDS, size=rng.integers(2, 12))) for _ in range(n)]
+    return encode_texts(tokenizer, texts, rng.integers(0, 2, size=n), max_length=16)[0]
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not np.array_equal(before[k], after[k])}
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "q", "steps"), [(100, 32, 0.25, 4), (96, 32, 1 / 3, 3), (5, 64, 1.0, 1)]
+)
+def test_sample_rate_and_steps(n, batch, q, steps):
+    assert sample_rate(n, batch) == pytest.approx(q)
+    assert steps_per_epoch(n, batch) == steps
+
+
+def test_steps_per_epoch_equals_opacus_loader_length():
+    for n in range(1, 300, 7):
+        for batch in (1, 3, 16, 32, 49, 64, 500):
+            loader = DPDataLoader.from_data_loader(
+                DataLoader(TensorDataset(torch.zeros(n, 1)), batch_size=batch)
+            )
+            assert len(loader) == steps_per_epoch(n, batch), (n, batch)
+            assert loader.sample_rate == sample_rate(n, batch)
+
+
+@pytest.mark.parametrize("dp", [None, DpSgdSettings(1.0, 1.0)])
+def test_counted_steps_are_the_planned_steps(dp):
+    model = build_tabular_model("mlp", 4, 2)
+    result = train_locally(
+        model, _blobs(50), batch_size=8, epochs=3, learning_rate=0.1, dp=dp, device="cpu", seed=0
+    )
+    assert result.num_steps == steps_per_epoch(50, 8) * 3 == 21
+    assert (result.dp, result.num_examples, result.sample_rate) == (dp is not None, 50, 1 / 7)
+    assert (result.noise_multiplier, result.max_grad_norm) == ((1.0, 1.0) if dp else (0.0, 0.0))
+    assert math.isfinite(result.loss) and result.seconds > 0
+
+
+def test_dp_sgd_learns_a_separable_problem():
+    train, test = _blobs(400, seed=0), _blobs(200, seed=1)
+    model = build_tabular_model("logreg", 4, 2)
+    result = train_locally(
+        model,
+        train,
+        batch_size=32,
+        epochs=3,
+        learning_rate=0.5,
+        dp=DpSgdSettings(noise_multiplier=1.0, max_grad_norm=1.0),
+        device="cpu",
+        seed=0,
+    )
+    assert result.num_steps == 3 * 13
+    assert evaluate(model, test, device="cpu").accuracy > 0.8
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_dp_step_without_noise_or_clipping_is_the_plain_step(mode):
+    data = _blobs(24)
+    plain, private = build_tabular_model("mlp", 4, 2), build_tabular_model("mlp", 4, 2)
+    private.load_state_dict(plain.state_dict())
+    kwargs = dict(batch_size=24, epochs=1, learning_rate=0.5, device="cpu", seed=0)  # q = 1
+    train_locally(plain, data, dp=None, **kwargs)
+    result = train_locally(
+        private, data, dp=DpSgdSettings(0.0, 1e6), grad_sample_mode=mode, **kwargs
+    )
+    assert result.num_steps == 1
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(private.state_dict()[key], value, atol=1e-5, rtol=0)
+
+
+def test_ghost_clipping_equals_per_example_clipping():
+    data = _blobs(64)
+    models = [build_tabular_model("mlp", 4, 2) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    for model, mode in zip(models, ["hooks", "ghost"], strict=True):
+        train_locally(
+            model,
+            data,
+            batch_size=16,
+            epochs=2,
+            learning_rate=0.5,
+            dp=DpSgdSettings(1.0, 0.1),
+            device="cpu",
+            seed=3,
+            grad_sample_mode=mode,
+        )
+    for key, value in models[0].state_dict().items():
+        torch.testing.assert_close(models[1].state_dict()[key], value, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_full_bert_fine_tuning_under_opacus(tiny_bert, mode):
+    model, tokenizer = load_text_classifier(str(tiny_bert), 2, lora=None, device="cpu")
+    keys = list(model.state_dict())
+    before = trainable_state(model)
+    result = train_locally(
+        model,
+        _texts(tokenizer, 32),
+        batch_size=8,
+        epochs=1,
+        learning_rate=0.05,
+        dp=DpSgdSettings(1.0, 1.0),
+        device="cpu",
+        seed=0,
+        grad_sample_mode=mode,
+    )
+    assert result.num_steps == 4 and math.isfinite(result.loss)
+    assert _changed(before, trainable_state(model)) == set(before)  # embeddings included
+    assert list(model.state_dict()) == keys  # no Opacus wrapper left behind
+    assert not any(vars(p) for p in model.parameters() if vars(p) != {"_is_hf_initialized": True})
+    assert not any(hasattr(m, "activations") for m in model.modules())
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_lora_dp_training_moves_only_adapters_and_head(tiny_bert, mode):
+    model, tokenizer = load_text_classifier(str(tiny_bert), 2, lora=LoraSettings(r=4), device="cpu")
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    before = trainable_state(model)
+    train_locally(
+        model,
+        _texts(tokenizer, 32),
+        batch_size=8,
+        epochs=1,
+        learning_rate=0.05,
+        dp=DpSgdSettings(1.0, 1.0),
+        device="cpu",
+        seed=0,
+        grad_sample_mode=mode,
+    )
+    assert _changed(before, trainable_state(model)) == set(before)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+
+def test_empty_poisson_batches_are_noise_only_releases(tiny_bert):
+    # q = 1/20: about a third of the 60 batches are empty; transformers cannot run those.
+    model, tokenizer = load_text_classifier(str(tiny_bert), 2, lora=LoraSettings(r=2), device="cpu")
+    before = trainable_state(model)
+    result = train_locally(
+        model,
+        _texts(tokenizer, 20),
+        batch_size=1,
+        epochs=3,
+        learning_rate=0.05,
+        dp=DpSgdSettings(1.0, 1.0),
+        device="cpu",
+        seed=0,
+    )
+    assert result.num_steps == 60 and math.isfinite(result.loss)
+    assert _changed(before, trainable_state(model)) == set(before)
+
+
+def test_every_step_adds_noise_of_the_right_size_empty_batches_too(monkeypatch):
+    # n = 10, B = 1 -> q = 0.1; sigma = 1, C = 2, lr = 1: each step moves each weight by
+    # N(0, (sigma*C)^2) / (q*n) = N(0, 4); zero inputs give zero gradients, so after 10 steps
+    # the weights are pure noise with std 2*sqrt(10), whether a batch was empty or not.
+    calls = []
+    noise_only_step = training._noise_only_step
+    monkeypatch.setattr(
+        training, "_noise_only_step", lambda *a: calls.append(1) or noise_only_step(*a)
+    )
+    model = torch.nn.Linear(1, 20_000, bias=False)  # logits over 20,000 classes
+    torch.nn.init.zeros_(model.weight)
+    data = TensorDataset(torch.zeros(10, 1), torch.zeros(10, dtype=torch.long))
+    train_locally(
+        model,
+        data,
+        batch_size=1,
+        epochs=1,
+        learning_rate=1.0,
+        dp=DpSgdSettings(1.0, 2.0),
+        device="cpu",
+        seed=0,
+        grad_sample_mode="hooks",
+    )
+    assert 1 <= len(calls) <= 9  # some batches were empty, some not
+    assert model.weight.std().item() == pytest.approx(2.0 * math.sqrt(10), rel=0.02)
+
+
+def test_bad_arguments_are_refused():
+    model, data = build_tabular_model("logreg", 4, 2), _blobs(8)
+    with pytest.raises(ValueError, match="grad_sample_mode"):
+        train_locally(
+            model,
+            data,
+            batch_size=4,
+            epochs=1,
+            learning_rate=0.1,
+            dp=DpSgdSettings(1, 1),
+            device="cpu",
+            seed=0,
+            grad_sample_mode="fast",
+        )
+    with pytest.raises(ValueError, match="empty dataset"):
+        train_locally(
+            model,
+            _blobs(0),
+            batch_size=4,
+            epochs=1,
+            learning_rate=0.1,
+            dp=None,
+            device="cpu",
+            seed=0,
+        )
+    with pytest.raises(ValueError, match="max_grad_norm must be > 0"):
+        DpSgdSettings(noise_multiplier=1.0, max_grad_norm=0.0)

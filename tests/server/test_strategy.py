@@ -1,0 +1,248 @@
+"""server/strategy.py: FedAvg that records every site's reply and leaves refusals out.
+
+Replies are real Flower Messages, built as a ServerApp would receive them.
+"""
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord, RecordDict
+
+from common.protocol import ARRAYS, BUDGET_EXHAUSTED, METRICS, TRAIN_METRIC_KEYS, TRAINED
+from server.strategy import PrivacyAwareFedAvg, RoundFailed, RunStopped
+
+_ids = itertools.count()
+
+
+def metadata(node_id: int, message_type: str = "train") -> Metadata:
+    return Metadata(
+        run_id=1,
+        message_id=f"m{next(_ids)}",
+        src_node_id=node_id,
+        dst_node_id=0,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=message_type,
+    )
+
+
+def train_metrics(n: int, pid: int, status: int = TRAINED, **over: float) -> dict:
+    metrics = dict.fromkeys(TRAIN_METRIC_KEYS, 0.0)
+    metrics.update(
+        {
+            "num-examples": n,
+            "status": status,
+            "partition-id": pid,
+            "train-loss": 0.0,
+            "dp": 1,
+            "epsilon-spent": 1.0,
+            "epsilon-budget": 8.0,
+            "delta": 1e-5,
+        }
+    )
+    metrics.update(over)
+    return metrics
+
+
+def trained(node_id: int, n: int, pid: int, weights: dict[str, np.ndarray], **over) -> Message:
+    content = RecordDict(
+        {
+            ARRAYS: ArrayRecord({k: Array(v) for k, v in weights.items()}),
+            METRICS: MetricRecord(train_metrics(n, pid, **over)),
+        }
+    )
+    return Message(content=content, metadata=metadata(node_id))
+
+
+def exhausted(node_id: int, pid: int, **over) -> Message:
+    metrics = train_metrics(0, pid, status=BUDGET_EXHAUSTED, **over)
+    return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), metadata=metadata(node_id))
+
+
+def failed(node_id: int, reason: str) -> Message:
+    return Message(error=Error(code=0, reason=reason), metadata=metadata(node_id))
+
+
+def evaluated(node_id: int, n: int, pid: int, loss: float, acc: float) -> Message:
+    metrics = {"eval-loss": loss, "eval-accuracy": acc, "num-examples": n, "partition-id": pid}
+    return Message(
+        content=RecordDict({METRICS: MetricRecord(metrics)}),
+        metadata=metadata(node_id, "evaluate"),
+    )
+
+
+def w(a: list[float], b: list[list[float]]) -> dict[str, np.ndarray]:
+    return {"layer.weight": np.array(b, dtype=np.float32), "layer.bias": np.array(a, np.float32)}
+
+
+NAMES = {0: "Cleveland", 1: "Hungary", 2: "Switzerland"}
+
+
+def strategy(min_train_nodes: int = 2) -> PrivacyAwareFedAvg:
+    return PrivacyAwareFedAvg(
+        site_names=NAMES, min_train_nodes=min_train_nodes, min_available_nodes=1
+    )
+
+
+def test_trained_replies_are_averaged_weighted_by_num_examples():
+    s = strategy()
+    replies = [
+        trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]]), **{"train-loss": 0.5}),
+        trained(12, 30, 1, w([5.0, 6.0], [[3.0, 4.0]]), **{"train-loss": 0.1}),
+    ]
+    arrays, metrics = s.aggregate_train(1, replies)
+    got = {k: v.numpy() for k, v in arrays.items()}
+    # (10 * x_A + 30 * x_B) / 40
+    np.testing.assert_allclose(got["layer.bias"], [4.0, 5.0], rtol=1e-6)
+    np.testing.assert_allclose(got["layer.weight"], [[2.5, 3.0]], rtol=1e-6)
+    assert metrics["train-loss"] == pytest.approx(0.2)
+    rec = s.rounds[1]
+    assert rec.train == {"train-loss": pytest.approx(0.2)}
+    assert rec.trained_sites == 2
+    assert rec.failures == []
+    assert set(rec.sites) == {"Cleveland", "Hungary"}
+    assert rec.sites["Hungary"]["status"] == "trained"
+    assert rec.sites["Hungary"]["num-examples"] == 30
+    assert rec.sites["Cleveland"]["epsilon-spent"] == 1.0
+
+
+def test_budget_exhausted_site_is_recorded_but_left_out_of_the_average():
+    s = strategy()
+    replies = [
+        trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]])),
+        exhausted(12, 1, **{"epsilon-spent": 7.9}),
+        trained(13, 30, 2, w([5.0, 6.0], [[3.0, 4.0]])),
+    ]
+    arrays, _ = s.aggregate_train(4, replies)
+    np.testing.assert_allclose(arrays["layer.bias"].numpy(), [4.0, 5.0], rtol=1e-6)
+    rec = s.rounds[4]
+    assert rec.trained_sites == 2
+    assert rec.sites["Hungary"]["status"] == "budget exhausted"
+    assert rec.sites["Hungary"]["epsilon-spent"] == 7.9
+    assert rec.sites["Switzerland"]["status"] == "trained"
+    assert rec.failures == []
+
+
+def test_arrays_of_a_site_that_reports_an_exhausted_budget_are_never_used():
+    s = strategy()
+    refusal = trained(12, 1000, 1, w([100.0, 100.0], [[100.0, 100.0]]), status=BUDGET_EXHAUSTED)
+    replies = [
+        trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]])),
+        refusal,
+        trained(13, 30, 2, w([5.0, 6.0], [[3.0, 4.0]])),
+    ]
+    arrays, _ = s.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["layer.weight"].numpy(), [[2.5, 3.0]], rtol=1e-6)
+    assert s.rounds[1].sites["Hungary"]["status"] == "budget exhausted"
+
+
+def test_too_few_sites_because_of_budgets_stops_the_run_naming_them():
+    s = strategy(min_train_nodes=2)
+    replies = [
+        trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]])),
+        exhausted(12, 1),
+        exhausted(13, 2),
+    ]
+    with pytest.raises(RunStopped, match="only 1 site") as stop:
+        s.aggregate_train(3, replies)
+    assert "Hungary, Switzerland" in str(stop.value)
+    assert "Cleveland" not in str(stop.value)
+    assert "min-train-nodes=2" in str(stop.value)
+    rec = s.rounds[3]
+    assert rec.trained_sites == 1
+    assert {k: v["status"] for k, v in rec.sites.items()} == {
+        "Cleveland": "trained",
+        "Hungary": "budget exhausted",
+        "Switzerland": "budget exhausted",
+    }
+
+
+def test_every_site_out_of_budget_stops_the_run_even_with_min_train_nodes_zero():
+    s = strategy(min_train_nodes=0)
+    with pytest.raises(RunStopped, match="Cleveland"):
+        s.aggregate_train(1, [exhausted(11, 0)])
+
+
+def test_too_few_sites_because_of_errors_fails_the_round():
+    s = strategy(min_train_nodes=2)
+    replies = [trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]])), failed(42, "CUDA out of memory")]
+    with pytest.raises(RoundFailed, match="CUDA out of memory") as err:
+        s.aggregate_train(2, replies)
+    assert "node-42" in str(err.value)
+    assert "1 site(s) trained" in str(err.value)
+    assert s.rounds[2].failures == ["node-42: CUDA out of memory"]
+
+
+def test_errors_and_refusals_together_fail_the_round_rather_than_stop_it():
+    s = strategy(min_train_nodes=2)
+    replies = [trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]])), exhausted(12, 1), failed(13, "x")]
+    with pytest.raises(RoundFailed):
+        s.aggregate_train(1, replies)
+
+
+def test_an_error_is_tolerated_while_enough_sites_trained():
+    s = strategy(min_train_nodes=2)
+    replies = [
+        trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]])),
+        failed(99, "timeout"),
+        trained(12, 30, 1, w([5.0, 6.0], [[3.0, 4.0]])),
+    ]
+    arrays, _ = s.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["layer.bias"].numpy(), [4.0, 5.0], rtol=1e-6)
+    assert s.rounds[1].failures == ["node-99: timeout"]
+    assert s.rounds[1].trained_sites == 2
+
+
+def test_site_labels_use_site_names_then_partition_id_then_node_id():
+    s = PrivacyAwareFedAvg(site_names={0: "Cleveland"}, min_train_nodes=1)
+    replies = [
+        trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]])),
+        trained(12, 10, 7, w([1.0, 2.0], [[1.0, 0.0]])),
+        trained(13, 10, -1, w([1.0, 2.0], [[1.0, 0.0]])),
+    ]
+    s.aggregate_train(1, replies)
+    assert set(s.rounds[1].sites) == {"Cleveland", "site-7", "node-13"}
+
+
+def test_without_site_names_simulated_sites_are_named_by_partition():
+    s = PrivacyAwareFedAvg(min_train_nodes=1)
+    s.aggregate_train(1, [trained(11, 10, 2, w([1.0, 2.0], [[1.0, 0.0]]))])
+    assert list(s.rounds[1].sites) == ["site-2"]
+
+
+def test_aggregate_evaluate_records_eval_metrics_per_site_and_eval_keys_only():
+    s = strategy()
+    s.aggregate_train(
+        1,
+        [
+            trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]])),
+            trained(12, 30, 1, w([5.0, 6.0], [[3.0, 4.0]])),
+        ],
+    )
+    metrics = s.aggregate_evaluate(
+        1, [evaluated(11, 20, 0, 0.6, 0.7), evaluated(12, 60, 1, 0.2, 0.9)]
+    )
+    rec = s.rounds[1]
+    # weighted by num-examples: (20 * 0.7 + 60 * 0.9) / 80 = 0.85; (20 * 0.6 + 60 * 0.2) / 80 = 0.3
+    assert rec.federated_eval == {
+        "eval-accuracy": pytest.approx(0.85),
+        "eval-loss": pytest.approx(0.3),
+    }
+    assert metrics["eval-accuracy"] == pytest.approx(0.85)
+    assert rec.sites["Cleveland"]["eval-accuracy"] == pytest.approx(0.7)
+    assert rec.sites["Hungary"]["eval-loss"] == pytest.approx(0.2)
+    # merged into the train record of the same site, which keeps its status
+    assert rec.sites["Hungary"]["status"] == "trained"
+    assert rec.sites["Hungary"]["num-examples"] == 30  # the training count, not eval's 60
+
+
+def test_aggregate_evaluate_alone_creates_site_records_without_status():
+    s = strategy()
+    s.aggregate_evaluate(2, [evaluated(5, 10, -1, 0.4, 0.5), failed(6, "down")])
+    rec = s.rounds[2]
+    assert rec.sites == {"node-5": {"eval-loss": 0.4, "eval-accuracy": 0.5}}
+    assert rec.federated_eval == {"eval-loss": 0.4, "eval-accuracy": 0.5}
