@@ -64,7 +64,7 @@ def run_train_round(
     model, tensors, truncated = site_model(site, weights, "train")
     n = len(tensors)
     q = sample_rate(n, settings.batch_size)
-    steps = steps_per_epoch(n, settings.batch_size) * settings.local_epochs
+    steps = settings.local_steps or steps_per_epoch(n, settings.batch_size) * settings.local_epochs
     base: Metrics = {
         "partition-id": site.partition_id,
         "truncated-texts": truncated,
@@ -150,6 +150,7 @@ def _train(
         seed=None,
         optimizer=s.optimizer,
         max_steps=s.local_steps or None,
+        head_learning_rate=s.head_learning_rate or None,
     )
 
 

@@ -124,11 +124,23 @@ def _generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Ge
     return generator
 
 
-def _make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+HEAD_MODULES = ("classifier", "score")  # Hugging Face names of classification heads
+
+
+def _make_optimizer(
+    name: str, model: nn.Module, lr: float, head_lr: float | None
+) -> torch.optim.Optimizer:
+    """SGD or Adam over the trainable parameters; the classification head may get its own
+    learning rate (``head_lr``): under DP noise a fresh head needs large steps while adapters
+    inside the encoder need small ones."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in named if head_lr and any(h in n.split(".") for h in HEAD_MODULES)]
+    rest = [p for n, p in named if not any(p is h for h in head)]
+    groups = [{"params": rest, "lr": lr}] + ([{"params": head, "lr": head_lr}] if head else [])
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(groups, lr=lr)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(groups, lr=lr)
     raise ValueError(f"unknown optimizer {name!r}; known: {OPTIMIZERS}")
 
 
@@ -206,6 +218,7 @@ def train_locally(
     optimizer: str = "sgd",
     grad_sample_mode: str = "auto",
     max_steps: int | None = None,
+    head_learning_rate: float | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``dataset`` (tuples ``(*inputs, label)``; ``model(*inputs)``
     gives logits) with cross-entropy, for ``epochs`` epochs of ``steps_per_epoch(n, B)`` steps.
@@ -219,6 +232,7 @@ def train_locally(
     grad_sample_mode: how Opacus gets per-example gradient norms: "ghost" (ghost clipping: no
         per-example gradients materialised, two backward passes), "hooks" (per-example
         gradients), or "auto": ghost above ``GHOST_ABOVE_PARAMS`` trainable parameters, else hooks.
+    head_learning_rate: learning rate of the classification head (None = ``learning_rate``).
     max_steps: if set, take exactly this many steps (each a Poisson draw at rate q) instead of
         ``epochs`` full passes; the privacy cost is then max_steps releases at (sigma, q).
     """
@@ -239,7 +253,7 @@ def train_locally(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     mode = _pick_grad_sample_mode(grad_sample_mode, params)
-    opt = _make_optimizer(optimizer, params, learning_rate)
+    opt = _make_optimizer(optimizer, model, learning_rate, head_learning_rate)
     criterion: nn.Module = nn.CrossEntropyLoss()
     sampling_seed, noise_seed = _stream_seeds(seed)
     loader = DataLoader(

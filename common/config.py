@@ -50,6 +50,7 @@ class RunSettings:
     local_steps: int = 0
     batch_size: int = 32
     learning_rate: float = 0.05
+    head_learning_rate: float = 0.0
     optimizer: str = "sgd"
     dp: bool = True
     target_epsilon: float = 8.0
@@ -88,6 +89,10 @@ class RunSettings:
         _require(self.server_eval_max_records >= 0, "server-eval-max-records must be >= 0")
         _require(self.batch_size >= 1, "batch-size must be >= 1")
         _require(_positive(self.learning_rate), "learning-rate must be a finite number > 0")
+        _require(
+            self.head_learning_rate == 0 or _positive(self.head_learning_rate),
+            "head-learning-rate must be a finite number > 0 (0 = learning-rate)",
+        )
         _require(self.max_length >= 8, "max-length must be >= 8 tokens")
         _require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora-r and lora-alpha must be >= 1")
         _require(bool(self.lora_targets), "lora-target-modules must name at least one module")
