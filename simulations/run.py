@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,19 @@ def run_simulation(
     if final.exists():
         raise ConfigError(f"results folder {final} already exists; choose another run-name")
 
+    try:
+        _run(sim, run, stream)
+    except BaseException:
+        # A ServerApp killed mid-run cannot clean up after itself: never leave a partial folder.
+        shutil.rmtree(final.with_name(final.name + ".partial"), ignore_errors=True)
+        raise
+    if not final.is_dir():
+        raise SimulationError(f"the run completed but wrote no results folder at {final}")
+    return final
+
+
+def _run(sim: dict[str, Any], run: dict[str, Any], stream: Any) -> None:
+    """Start a private SuperLink, `flwr run` the app on it, check the run's final status."""
     with (
         tempfile.TemporaryDirectory(prefix="fedpriv-sim-") as tmp,
         LocalSuperLink(Path(tmp)) as link,
@@ -125,9 +139,6 @@ def run_simulation(
                 f"the run did not complete (status {statuses or 'unknown'}); see the log above "
                 f"and {link.log_file}"
             )
-    if not final.is_dir():
-        raise SimulationError(f"the run completed but wrote no results folder at {final}")
-    return final
 
 
 def _prefetch(settings: RunSettings) -> None:
