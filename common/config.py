@@ -41,6 +41,7 @@ class RunSettings:
     server_eval_max_records: int = 0
     model: str = "mlp"
     model_name_or_path: str = ""
+    pooler_init: str = "pretrained"
     lora: bool = True
     lora_r: int = 8
     lora_alpha: int = 16
@@ -81,6 +82,10 @@ class RunSettings:
         _require(self.num_server_rounds >= 1, "num-server-rounds must be >= 1")
         _require(self.partitioner in PARTITIONERS, f"partitioner must be one of {PARTITIONERS}")
         _require(self.model in MODELS, f"model must be one of {MODELS}, got {self.model!r}")
+        _require(
+            self.pooler_init in ("pretrained", "identity"),
+            "pooler-init must be 'pretrained' or 'identity'",
+        )
         _require(_positive(self.dirichlet_alpha), "dirichlet-alpha must be a finite number > 0")
         _require(0 < self.validation_fraction < 1, "validation-fraction must be in (0, 1)")
         _require(self.local_epochs >= 1, "local-epochs must be >= 1")

@@ -56,6 +56,7 @@ def build_model(
             lora=lora,
             device=device,
             seed=settings.seed,
+            pooler_init=settings.pooler_init,
         )
     assert data.features is not None
     with torch.random.fork_rng(devices=[]):

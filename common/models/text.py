@@ -122,13 +122,21 @@ def load_text_classifier(
     lora: LoraSettings | None,
     device: torch.device | str,
     seed: int = 0,
+    pooler_init: str = "pretrained",
 ) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
     """Load a pretrained encoder with a fresh ``num_labels``-way head, plus its tokenizer.
 
     lora: None trains every parameter (full fine-tuning); LoraSettings trains adapters + head only.
     seed: seeds the weights that are newly initialised (head, LoRA A matrices), so that every
         site and the server build the same starting model from the same path.
+    pooler_init: "pretrained" keeps BERT's pooler tanh(W h_CLS + b); "identity" sets W = I, b = 0
+        and freezes it (pooled = tanh(h_CLS)). Sentence-embedding checkpoints (e.g.
+        all-MiniLM-L6-v2) never trained the pooler: its outputs barely vary between inputs (std
+        0.06 vs 0.37 for h_CLS on rotten-tomatoes), which a DP-noised head cannot learn from in
+        few steps. With LoRA the identity pooler is saved with the adapter.
     """
+    if pooler_init not in POOLER_INITS:
+        raise ValueError(f"pooler_init must be one of {POOLER_INITS}, got {pooler_init!r}")
     _check_local(name_or_path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -139,6 +147,12 @@ def load_text_classifier(
             )
         except (OSError, ValueError) as err:
             raise _unloadable(name_or_path, f"{type(err).__name__}: {err}") from err
+        pooler = _pooler_dense(model) if pooler_init == "identity" else None
+        if pooler is not None:
+            with torch.no_grad():
+                pooler.weight.copy_(torch.eye(*pooler.weight.shape))
+                pooler.bias.zero_()
+            pooler.requires_grad_(False)
         if lora is not None:
             _check_lora_targets(model, lora.target_modules, name_or_path)
             config = LoraConfig(
@@ -147,11 +161,27 @@ def load_text_classifier(
                 lora_alpha=lora.alpha,
                 lora_dropout=lora.dropout,
                 target_modules=list(lora.target_modules),
+                # saved with the adapter (frozen below): the identity pooler is not in the base
+                modules_to_save=["pooler"] if pooler is not None else None,
             )
             with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing")
                 model = get_peft_model(model, config)
+            for name, param in model.named_parameters():
+                if ".pooler." in f".{name}":
+                    param.requires_grad_(False)  # fixed identity: it never travels
     return TextClassifier(model).to(device), tokenizer
+
+
+POOLER_INITS = ("pretrained", "identity")
+
+
+def _pooler_dense(model: nn.Module) -> nn.Linear:
+    """BERT's pooler Linear layer (ValueError if the architecture has none)."""
+    for name, module in model.named_modules():
+        if name.endswith("pooler.dense") and isinstance(module, nn.Linear):
+            return module
+    raise ValueError("pooler_init='identity' needs a BERT-style model with a pooler.dense layer")
 
 
 def encode_texts(

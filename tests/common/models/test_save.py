@@ -47,8 +47,11 @@ def test_full_model_reloads_with_plain_from_pretrained(tiny_bert, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
-def test_lora_reloads_as_adapter_and_as_merged_model(tiny_bert, tmp_path):
-    model, tokenizer = load_text_classifier(str(tiny_bert), 2, lora=LoraSettings(r=4), device="cpu")
+@pytest.mark.parametrize("pooler_init", ["pretrained", "identity"])
+def test_lora_reloads_as_adapter_and_as_merged_model(tiny_bert, tmp_path, pooler_init):
+    model, tokenizer = load_text_classifier(
+        str(tiny_bert), 2, lora=LoraSettings(r=4), device="cpu", pooler_init=pooler_init
+    )
     _perturbed(model)
     save_model(model, tmp_path, tokenizer)
     dataset, _ = encode_texts(tokenizer, TEXTS, [0, 1, 0, 1], 16)
@@ -74,3 +77,16 @@ def test_lora_reloads_as_adapter_and_as_merged_model(tiny_bert, tmp_path):
 def test_saving_something_else_is_refused(tmp_path):
     with pytest.raises(TypeError, match="TextClassifier or TabularClassifier"):
         save_model(torch.nn.Linear(2, 2), tmp_path)
+
+
+def test_identity_pooler_is_fixed_and_does_not_travel(tiny_bert):
+    model, _ = load_text_classifier(
+        str(tiny_bert), 2, lora=LoraSettings(r=4), device="cpu", pooler_init="identity"
+    )
+    pooler = [p for n, p in model.named_parameters() if "pooler" in n and n.endswith("weight")]
+    assert pooler and all(not p.requires_grad for p in pooler)
+    active = [p for p in pooler if torch.equal(p, torch.eye(p.shape[0]))]
+    assert active, "the pooler in use must be the identity"
+    assert not any("pooler" in k for k in trainable_state(model))
+    with pytest.raises(ValueError, match="pooler_init"):
+        load_text_classifier(str(tiny_bert), 2, lora=None, device="cpu", pooler_init="zero")
