@@ -39,6 +39,9 @@ class FederatedRun:
         self.device = pick_device()
         pool, test = load_dataset(settings.dataset, settings.seed)
         self.model, self.tokenizer = build_model(settings, test, self.device)
+        if settings.server_eval_max_records and len(test) > settings.server_eval_max_records:
+            keep = np.random.default_rng(settings.seed).permutation(len(test))
+            test = test.subset(np.sort(keep[: settings.server_eval_max_records]))
         self.test_tensors = (
             to_tensors(test, self.tokenizer, settings.max_length)[0]
             if settings.server_eval

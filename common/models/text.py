@@ -19,6 +19,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers import logging as hf_logging
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,14 @@ def load_text_classifier(
         torch.manual_seed(seed)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True
-            )
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # the head is new by design: no "MISSING" report
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True
+                )
+            finally:
+                hf_logging.set_verbosity(verbosity)
         except (OSError, ValueError) as err:
             raise _unloadable(name_or_path, f"{type(err).__name__}: {err}") from err
         pooler = _pooler_dense(model) if pooler_init == "identity" else None
