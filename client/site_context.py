@@ -14,8 +14,6 @@ from client.site_data import SiteData, load_site_data
 from common.config import ConfigError, RunSettings, SiteSettings, load_sites_file
 from common.task import pick_device
 
-SIMULATION_KEYS = ("partition-id", "num-partitions")
-
 
 @dataclass(frozen=True)
 class Site:

@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 
 from client.evaluation import evaluate
+from common.config import RunSettings
 from common.data.partition import natural_partition_values
 from common.data.registry import load_dataset
 from common.models.save import save_model
@@ -32,7 +33,7 @@ class FederatedRun:
     """Holds the server's model and results for one run; use as a context manager so a failed
     run leaves no partial results folder behind."""
 
-    def __init__(self, settings: Any, run_name: str, run_id: int) -> None:
+    def __init__(self, settings: RunSettings, run_name: str, run_id: int) -> None:
         self.settings = settings
         self.run_name = run_name
         self.run_id = run_id
