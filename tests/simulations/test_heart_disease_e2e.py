@@ -7,24 +7,14 @@ import json
 import sqlite3
 from pathlib import Path
 
-import dp_accounting
 import psutil
 import pytest
-from dp_accounting import pld
 
 from simulations.run import run_simulation
+from tests.reference_accountants import reference_pld
 
 CONFIG = Path(__file__).resolve().parents[2] / "simulations" / "configs" / "heart-disease.toml"
 HOSPITALS = {"Cleveland", "Hungary", "Switzerland", "VA Long Beach"}
-
-
-def _independent_epsilon(releases: list[tuple[float, float, int]], delta: float) -> float:
-    """dp-accounting PLD (its default discretisation) over (sigma, q, steps) batches."""
-    accountant = pld.PLDAccountant()
-    for sigma, q, steps in releases:
-        step = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
-        accountant.compose(dp_accounting.SelfComposedDpEvent(step, steps))
-    return accountant.get_epsilon(delta)
 
 
 def _flower_processes() -> list[str]:
@@ -62,7 +52,7 @@ def test_heart_disease_simulation_improves_and_reports_true_epsilon(tmp_path: Pa
         for site, m in record["sites"].items():
             assert m["status"] == "trained" and m["dp"] == 1
             history[site].append((m["noise-multiplier"], m["sample-rate"], m["steps"]))
-            expected = _independent_epsilon(history[site], m["delta"])
+            expected = reference_pld(history[site], m["delta"])
             assert m["epsilon-spent"] == pytest.approx(expected, rel=0.01)
             assert m["delta"] < 1 / m["num-examples"]
     final = {s: m["epsilon-spent"] for s, m in rounds[-1]["sites"].items()}

@@ -8,14 +8,14 @@ Tolerances: PLD vs PLD and PLD vs PRV within 1%; our "rdp" vs Opacus RDP within 
 
 import math
 
-import dp_accounting
 import pytest
-from dp_accounting import pld
-from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants import PRVAccountant
 from scipy.optimize import brentq
 from scipy.stats import norm
 
 from common.privacy.accounting import DpRelease, compute_epsilon
+from tests.reference_accountants import opacus_rdp as _opacus_rdp
+from tests.reference_accountants import reference_pld as _reference_pld
 
 DELTA = 1e-5
 
@@ -23,23 +23,12 @@ DELTA = 1e-5
 TYPICAL = [(1.0, 0.01, 1000), (0.8, 0.05, 500), (1.1, 0.2, 50), (0.6, 0.01, 100)]
 
 
-def dpsgd_event(sigma, q, steps):
-    step = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
-    return dp_accounting.SelfComposedDpEvent(step, steps)
-
-
 def reference_pld(batches, delta=DELTA):
-    """dp-accounting PLD, default discretisation, one composed event per batch."""
-    accountant = pld.PLDAccountant()
-    for sigma, q, steps in batches:
-        accountant.compose(dpsgd_event(sigma, q, steps))
-    return accountant.get_epsilon(delta)
+    return _reference_pld(batches, delta)
 
 
 def opacus_rdp(batches, delta=DELTA):
-    accountant = RDPAccountant()
-    accountant.history = list(batches)
-    return accountant.get_epsilon(delta)
+    return _opacus_rdp(batches, delta)
 
 
 def opacus_prv(batches, delta=DELTA):

@@ -12,10 +12,8 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-import dp_accounting
 import numpy as np
 import pytest
-from dp_accounting import pld
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,31 +25,20 @@ from common.privacy.ledger import (
     PrivacyLedger,
     RunPlan,
 )
+from tests.reference_accountants import opacus_rdp as _opacus_rdp
+from tests.reference_accountants import reference_pld as _reference_pld
 
 DELTA = 1e-5
 FP = "a" * 64  # dataset fingerprints (sha256 hex digests)
 OTHER_FP = "b" * 64
 
 
-def dpsgd_event(sigma, q, steps):
-    step = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
-    return dp_accounting.SelfComposedDpEvent(step, steps)
-
-
 def reference_pld(batches, delta=DELTA):
-    """dp-accounting PLD, default discretisation, one composed event per batch."""
-    accountant = pld.PLDAccountant()
-    for sigma, q, steps in batches:
-        accountant.compose(dpsgd_event(sigma, q, steps))
-    return accountant.get_epsilon(delta)
+    return _reference_pld(batches, delta)
 
 
 def opacus_rdp(batches, delta=DELTA):
-    from opacus.accountants import RDPAccountant  # imported here: spawned workers skip torch
-
-    accountant = RDPAccountant()
-    accountant.history = list(batches)
-    return accountant.get_epsilon(delta)
+    return _opacus_rdp(batches, delta)
 
 
 @pytest.fixture
