@@ -6,28 +6,38 @@ Privacy decision for a round (policy + ledger + enforcement): ``client.privacy_r
 
 from __future__ import annotations
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.evaluation import evaluate
 from client.local_round import run_train_round, site_model
 from client.site_context import site_from_context
-from common.protocol import ARRAYS, METRICS, from_array_record, to_array_record
+from common.protocol import (
+    ARRAYS,
+    CONFIG,
+    DECISION,
+    METRICS,
+    from_array_record,
+    to_array_record,
+)
 
 app = ClientApp()
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Check the site's budget, train with DP-SGD, record the spend, reply arrays + metrics."""
+    """Apply the site's policy to the request, check the budget, train with DP-SGD, record the
+    spend, reply arrays + metrics + the site's decision (or a refusal with its reason)."""
     site = site_from_context(context)
-    server_round = int(msg.content["config"]["server-round"])
-    arrays, metrics = run_train_round(
-        site, from_array_record(msg.content[ARRAYS]), str(msg.metadata.run_id), server_round
+    config = dict(msg.content[CONFIG]) if CONFIG in msg.content else {}
+    reply = run_train_round(
+        site, from_array_record(msg.content[ARRAYS]), str(msg.metadata.run_id), config
     )
-    content = RecordDict({METRICS: MetricRecord(metrics)})
-    if arrays is not None:
-        content[ARRAYS] = to_array_record(arrays)
+    content = RecordDict(
+        {METRICS: MetricRecord(reply.metrics), DECISION: ConfigRecord(reply.decision)}
+    )
+    if reply.arrays is not None:
+        content[ARRAYS] = to_array_record(reply.arrays)
     return Message(content=content, reply_to=msg)
 
 

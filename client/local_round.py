@@ -1,24 +1,30 @@
-"""One training round at a site: budget check -> reserve spend -> DP-SGD -> record release."""
+"""One training round at a site: request -> policy -> reserve spend -> DP-SGD -> record release."""
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from client.privacy_round import plan_round, this_round
+from client.policy import Clamp, RoundRefused, check_non_private
+from client.privacy_round import authorize_round, site_delta
+from client.request import RequestError, TrainRequest
 from client.site_context import Site
 from client.training import DpSgdSettings, TrainResult, sample_rate, steps_per_epoch, train_locally
 from common.config import RunSettings
 from common.data.types import LabeledData
 from common.models.weights import load_trainable_state, trainable_state
 from common.privacy.fingerprint import dataset_fingerprint
-from common.privacy.ledger import BudgetExceededError, PrivacyLedger
-from common.protocol import BUDGET_EXHAUSTED, TRAINED
+from common.privacy.ledger import PrivacyLedger
+from common.protocol import INVALID_REQUEST, STATUS_NAMES, TRAIN_METRIC_KEYS, TRAINED
 from common.task import build_model, to_tensors
 
 log = logging.getLogger("fedpriv.client")
@@ -56,120 +62,185 @@ def _fingerprint(records: LabeledData) -> str:
     return dataset_fingerprint(records)
 
 
+@dataclass(frozen=True)
+class RoundReply:
+    """What a site sends back: arrays (None when it trained nothing), scalar metrics, and its
+    decision (status name, the reason of a refusal, the values its policy clamped)."""
+
+    arrays: dict[str, np.ndarray] | None
+    metrics: Metrics
+    decision: dict[str, str | list[str]]
+
+
 def run_train_round(
-    site: Site, weights: dict[str, np.ndarray], run_id: str, server_round: int
-) -> tuple[dict[str, np.ndarray] | None, Metrics]:
-    """Train one round; returns (trainable arrays or None if refused, scalar metrics)."""
-    settings = site.settings
+    site: Site, weights: dict[str, np.ndarray], run_id: str, config: Mapping[str, Any]
+) -> RoundReply:
+    """Read the server's request, apply the site's policy, train one round if allowed."""
+    n = len(site.data.train)
+    base: Metrics = {"partition-id": site.partition_id}
+    try:
+        request = TrainRequest.from_config(config)
+    except RequestError as err:
+        reason = f"invalid request: {err}"
+        log.warning("site %s: %s", site.data.name, reason)
+        state = _ledger_state(site, run_id, n, site.settings.target_epsilon)
+        return _refusal(base | state, INVALID_REQUEST, reason)
+    q = sample_rate(n, request.batch_size)
+    steps = request.local_steps or steps_per_epoch(n, request.batch_size) * request.local_epochs
+    base |= {"sample-rate": q, "dp": int(request.dp)}
+    try:
+        check_non_private(request, site.policy)
+    except RoundRefused as refusal:
+        state = _ledger_state(site, run_id, n, request.target_epsilon)
+        return _refusal(base | state, refusal.status, str(refusal))
     model, tensors, truncated = site_model(site, weights, "train")
-    n = len(tensors)
-    q = sample_rate(n, settings.batch_size)
-    steps = settings.local_steps or steps_per_epoch(n, settings.batch_size) * settings.local_epochs
-    base: Metrics = {
-        "partition-id": site.partition_id,
-        "truncated-texts": truncated,
-        "dp": int(settings.dp),
-        "max-grad-norm": settings.max_grad_norm if settings.dp else 0.0,
-        "sample-rate": q,
-    }
-    if not settings.dp:
-        result = _train(site, model, tensors, None)
-        return trainable_state(model), _metrics(base, result, TRAINED, 0.0, 0.0, 0.0)
+    base["truncated-texts"] = truncated
+    if not request.dp:  # the policy allows it; the ledger learns the data lost its DP bound
+        result = _train(site, request, model, tensors, None)
+        with PrivacyLedger(site.ledger_path) as ledger:
+            fingerprint = _fingerprint(site.data.train)
+            ledger.register_dataset(fingerprint, site.data.name, n)
+            ledger.record_non_private(fingerprint, run_id, request.server_round)
+        budget = site.policy.epsilon_budget or request.target_epsilon
+        metrics = _metrics(base, result, (math.inf, budget, 0.0), rounds_trained=0)
+        return RoundReply(trainable_state(model), metrics, _decision(TRAINED, "", ()))
 
     fingerprint = _fingerprint(site.data.train)
     with PrivacyLedger(site.ledger_path) as ledger:
         ledger.register_dataset(fingerprint, site.data.name, n)
-        privacy = plan_round(
-            ledger,
-            fingerprint,
-            run_id,
-            settings,
-            site.policy,
-            num_records=n,
-            sample_rate=q,
-            steps_per_round=steps,
-        )
         try:
-            row = ledger.reserve(
+            grant = authorize_round(
+                ledger,
                 fingerprint,
                 run_id,
-                server_round,
-                this_round(privacy),
-                delta=privacy.delta,
-                accountant=privacy.plan.accountant,
-                epsilon_budget=privacy.epsilon_budget,
+                request.server_round,
+                request,
+                site.policy,
+                requested_delta=site.settings.target_delta,
+                accountant=site.settings.accountant,
+                num_records=n,
+                sample_rate=q,
+                steps=steps,
             )
-        except BudgetExceededError as refusal:
-            log.warning("site %s round %s: %s", site.data.name, server_round, refusal)
-            metrics = _metrics(
-                base,
-                None,
-                BUDGET_EXHAUSTED,
-                refusal.epsilon_spent,
-                privacy.epsilon_budget,
-                privacy.delta,
-            )
-            return None, metrics | {"noise-multiplier": privacy.plan.noise_multiplier}
-        dp = DpSgdSettings(privacy.plan.noise_multiplier, settings.max_grad_norm)
+        except RoundRefused as refusal:
+            log.warning("site %s round %s: %s", site.data.name, request.server_round, refusal)
+            state = _ledger_state(site, run_id, n, request.target_epsilon, ledger)
+            return _refusal(base | state, refusal.status, str(refusal))
+        dp = DpSgdSettings(grant.release.noise_multiplier, grant.max_grad_norm)
         try:
-            result = _train(site, model, tensors, dp)
+            result = _train(site, request, model, tensors, dp)
         except BaseException:
-            ledger.cancel(row)  # nothing left the site: the reservation is void
+            ledger.cancel(grant.row_id)  # nothing left the site: the reservation is void
             raise
-        ledger.mark_released(row, result.num_steps)  # recorded before the update leaves
-        spent = ledger.epsilon_spent(fingerprint, privacy.delta, privacy.plan.accountant)
+        ledger.mark_released(grant.row_id, result.num_steps)  # recorded before the update leaves
+        spent = ledger.epsilon_spent(fingerprint, grant.delta, grant.plan.accountant)
+        rounds_trained = ledger.rounds_recorded(fingerprint, run_id)
+    for clamp in grant.clamps:
+        log.info("site %s round %s: clamped %s", site.data.name, request.server_round, clamp)
     log.info(
-        "site %s round %s: loss %.4f, epsilon %.3f of %.3f (delta %.2g, sigma %.3f, q %.4f, "
-        "%d steps)",
+        "site %s round %s: loss %.4f, epsilon %.3f of %.3f (delta %.2g, sigma %.3f, C %g, "
+        "q %.4f, %d steps)",
         site.data.name,
-        server_round,
+        request.server_round,
         result.loss,
         spent,
-        privacy.epsilon_budget,
-        privacy.delta,
+        grant.epsilon_budget,
+        grant.delta,
         dp.noise_multiplier,
+        dp.max_grad_norm,
         q,
         result.num_steps,
     )
-    arrays = trainable_state(model)
-    return arrays, _metrics(base, result, TRAINED, spent, privacy.epsilon_budget, privacy.delta)
+    metrics = _metrics(
+        base, result, (spent, grant.epsilon_budget, grant.delta), rounds_trained=rounds_trained
+    )
+    return RoundReply(trainable_state(model), metrics, _decision(TRAINED, "", grant.clamps))
+
+
+def _ledger_state(
+    site: Site,
+    run_id: str,
+    num_records: int,
+    requested_epsilon: float,
+    ledger: PrivacyLedger | None = None,
+) -> Metrics:
+    """The site's privacy state for a refusal: epsilon spent, budget, left, delta, rounds."""
+    budget = site.policy.epsilon_budget or requested_epsilon
+    fingerprint = _fingerprint(site.data.train)
+    owned = ledger is None
+    ledger = ledger or PrivacyLedger(site.ledger_path)
+    try:
+        plan = ledger.run_plan(fingerprint, run_id)
+        if plan is not None:
+            delta, accountant = plan.delta, plan.accountant
+        else:
+            delta = site_delta(site.policy, site.settings.target_delta, num_records)
+            accountant = site.settings.accountant
+        spent = ledger.epsilon_spent(fingerprint, delta, accountant)
+        rounds = ledger.rounds_recorded(fingerprint, run_id)
+    finally:
+        if owned:
+            ledger.close()
+    return {
+        "epsilon-spent": spent,
+        "epsilon-budget": budget,
+        "epsilon-left": max(budget - spent, 0.0),
+        "delta": delta,
+        "rounds-trained": rounds,
+    }
+
+
+def _refusal(base: Metrics, status: int, reason: str) -> RoundReply:
+    """A refusal: no arrays, zero counts, the site's privacy state and the reason."""
+    metrics = {key: 0 for key in TRAIN_METRIC_KEYS} | base | {"status": status}
+    return RoundReply(None, metrics, _decision(status, reason, ()))
+
+
+def _decision(status: int, reason: str, clamps: Iterable[Clamp]) -> dict[str, str | list[str]]:
+    return {"status": STATUS_NAMES[status], "reason": reason, "clamped": [str(c) for c in clamps]}
 
 
 def _train(
-    site: Site, model: nn.Module, tensors: TensorDataset, dp: DpSgdSettings | None
+    site: Site,
+    request: TrainRequest,
+    model: nn.Module,
+    tensors: TensorDataset,
+    dp: DpSgdSettings | None,
 ) -> TrainResult:
     s = site.settings
     return train_locally(
         model,
         tensors,
-        batch_size=s.batch_size,
-        epochs=s.local_epochs,
-        learning_rate=s.learning_rate,
+        batch_size=request.batch_size,
+        epochs=request.local_epochs,
+        learning_rate=request.learning_rate,
         dp=dp,
         device=site.device,
         seed=None,
         optimizer=s.optimizer,
-        max_steps=s.local_steps or None,
+        max_steps=request.local_steps or None,
         head_learning_rate=s.head_learning_rate or None,
     )
 
 
 def _metrics(
     base: Metrics,
-    result: TrainResult | None,
-    status: int,
-    spent: float,
-    budget: float,
-    delta: float,
+    result: TrainResult,
+    epsilon: tuple[float, float, float],
+    rounds_trained: int,
 ) -> Metrics:
+    spent, budget, delta = epsilon
     return base | {
-        "num-examples": 0 if result is None else result.num_examples,
-        "status": status,
-        "train-loss": 0.0 if result is None else result.loss,
+        "num-examples": result.num_examples,
+        "status": TRAINED,
+        "train-loss": result.loss,
         "epsilon-spent": spent,
         "epsilon-budget": budget,
+        "epsilon-left": max(budget - spent, 0.0),
         "delta": delta,
-        "noise-multiplier": 0.0 if result is None else result.noise_multiplier,
-        "steps": 0 if result is None else result.num_steps,
-        "train-seconds": 0.0 if result is None else result.seconds,
+        "noise-multiplier": result.noise_multiplier,
+        "max-grad-norm": result.max_grad_norm,
+        "steps": result.num_steps,
+        "train-seconds": result.seconds,
+        "rounds-trained": rounds_trained,
     }

@@ -1,84 +1,142 @@
-"""The site's privacy decision for one training round: plan, budget check, reservation.
+"""The site's privacy decision for one training round: policy, plan, budget check, reservation.
 
-One hop from client/app.py. Inputs are the site's own settings (budget, delta, ledger) and the
-server's request (target epsilon for the run, clip norm, rounds). sigma is calibrated once per
-(run, dataset) for rounds x steps and kept in the ledger, so fresh processes reuse it.
+One hop from client/local_round.py. Inputs: the site's policy (budget, delta, sigma floor, clip
+cap, rounds cap, ledger) and the server's request (target epsilon for the run, sigma, C,
+rounds, batch size, epochs). sigma is fixed once per (run, dataset) at the run's first round
+and kept in the ledger, so fresh processes reuse it. The output is either an authorization
+backed by a *reserved* ledger row, or a RoundRefused with the reason; a refusal records nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.config import RunSettings, SiteSettings
+from client.policy import (
+    Clamp,
+    RoundRefused,
+    check_round_cap,
+    clip_norm,
+    noise_multiplier,
+    planned_rounds,
+    run_target_epsilon,
+)
+from client.request import TrainRequest
+from common.config import SiteSettings
 from common.privacy.accounting import DpRelease
 from common.privacy.calibration import calibrate_noise_multiplier
-from common.privacy.ledger import PrivacyLedger, RunPlan
+from common.privacy.ledger import BudgetExceededError, PrivacyLedger, RunPlan
+from common.protocol import BUDGET_EXHAUSTED
 
 
 @dataclass(frozen=True)
-class RoundPrivacy:
-    """What this round may spend: the plan, the site's delta and budget, the spend so far."""
+class RoundAuthorization:
+    """A round the site may train: the release it reserved (sigma, q, steps) and clip C, the
+    ledger row holding the reservation, the site's delta and budget, and what was clamped."""
 
+    row_id: int
+    release: DpRelease
+    max_grad_norm: float
     plan: RunPlan
-    delta: float
     epsilon_budget: float
     epsilon_spent_before: float
+    clamps: tuple[Clamp, ...]
+
+    @property
+    def delta(self) -> float:
+        return self.plan.delta
 
 
-def site_delta(site: SiteSettings, settings: RunSettings, num_records: int) -> float:
-    """The site's delta; default 0.1/n (< 1/n, the usual bar) for its n training records."""
-    return site.delta or settings.target_delta or 0.1 / num_records
+class BudgetRefused(RoundRefused):
+    """The round would take the dataset past its budget. Carries the spend and the budget."""
+
+    def __init__(self, reason: str, epsilon_spent: float, epsilon_budget: float) -> None:
+        super().__init__(BUDGET_EXHAUSTED, reason)
+        self.epsilon_spent = epsilon_spent
+        self.epsilon_budget = epsilon_budget
 
 
-def site_budget(site: SiteSettings, settings: RunSettings) -> float:
-    """The dataset's lifetime epsilon budget; default the run's target epsilon."""
-    return site.epsilon_budget or settings.target_epsilon
+def site_delta(policy: SiteSettings, requested_delta: float, num_records: int) -> float:
+    """The site's delta: its policy's; else the run's target-delta if at most 0.1/n; else
+    0.1/n (< 1/n, the usual bar) for its n training records. A server cannot loosen it."""
+    default = 0.1 / num_records
+    if policy.delta:
+        return policy.delta
+    return min(requested_delta, default) if requested_delta else default
 
 
-def plan_round(
+def site_budget(policy: SiteSettings, request: TrainRequest) -> float:
+    """The dataset's lifetime epsilon budget. Deployed sites must set one (site_context checks);
+    a simulated site without one takes the run's target epsilon."""
+    return policy.epsilon_budget or request.target_epsilon
+
+
+def authorize_round(
     ledger: PrivacyLedger,
     fingerprint: str,
     run_id: str,
-    settings: RunSettings,
-    site: SiteSettings,
+    server_round: int,
+    request: TrainRequest,
+    policy: SiteSettings,
     *,
+    requested_delta: float,
+    accountant: str,
     num_records: int,
     sample_rate: float,
-    steps_per_round: int,
-) -> RoundPrivacy:
-    """The run's calibrated plan (made at its first round, then read back) and the spend so far.
+    steps: int,
+) -> RoundAuthorization:
+    """Apply the policy, fix or read the run's plan, and reserve this round's release.
 
-    sigma = calibrate(target epsilon of the run, delta, q, rounds x steps): the planned run on
-    its own costs ``target-epsilon``; the ledger then composes it with everything before.
+    Raises RoundRefused (round cap) or BudgetRefused (epsilon after > budget); nothing is
+    recorded then. The caller trains, then ``ledger.mark_released`` or ``ledger.cancel``.
     """
-    delta = site_delta(site, settings, num_records)
+    budget = site_budget(policy, request)
+    check_round_cap(ledger.rounds_recorded(fingerprint, run_id), policy)
+    clip, clamps = clip_norm(request, policy)
+    target, target_clamps = run_target_epsilon(request, budget)
+    rounds, round_clamps = planned_rounds(request, policy)
     plan = ledger.run_plan(fingerprint, run_id)
     if plan is None:
-        sigma = calibrate_noise_multiplier(
-            settings.target_epsilon,
-            delta,
-            sample_rate,
-            steps_per_round * settings.num_server_rounds,
-            settings.accountant,
+        delta = site_delta(policy, requested_delta, num_records)
+        asked = request.noise_multiplier or calibrate_noise_multiplier(
+            target, delta, sample_rate, steps * rounds, accountant
         )
         plan = ledger.save_run_plan(
             fingerprint,
             run_id,
             RunPlan(
-                noise_multiplier=sigma,
+                noise_multiplier=max(asked, policy.min_noise_multiplier),
                 sample_rate=sample_rate,
-                steps_per_round=steps_per_round,
-                planned_rounds=settings.num_server_rounds,
-                target_epsilon=settings.target_epsilon,
+                steps_per_round=steps,
+                planned_rounds=rounds,
+                target_epsilon=target,
                 delta=delta,
-                accountant=settings.accountant,
+                accountant=accountant,
+                requested_noise_multiplier=asked,
             ),
         )
+    sigma, sigma_clamps = noise_multiplier(
+        request.noise_multiplier or plan.requested_noise_multiplier, plan.noise_multiplier, policy
+    )
+    release = DpRelease(sigma, sample_rate, steps)
     spent = ledger.epsilon_spent(fingerprint, plan.delta, plan.accountant)
-    return RoundPrivacy(plan, plan.delta, site_budget(site, settings), spent)
-
-
-def this_round(privacy: RoundPrivacy) -> DpRelease:
-    """The release one round makes under the plan: steps_per_round steps at (sigma, q)."""
-    p = privacy.plan
-    return DpRelease(p.noise_multiplier, p.sample_rate, p.steps_per_round)
+    try:
+        row_id = ledger.reserve(
+            fingerprint,
+            run_id,
+            server_round,
+            release,
+            delta=plan.delta,
+            accountant=plan.accountant,
+            epsilon_budget=budget,
+        )
+    except BudgetExceededError as err:
+        raise BudgetRefused(str(err), err.epsilon_spent, budget) from err
+    return RoundAuthorization(
+        row_id=row_id,
+        release=release,
+        max_grad_norm=clip,
+        plan=plan,
+        epsilon_budget=budget,
+        epsilon_spent_before=spent,
+        clamps=(*clamps, *target_clamps, *round_clamps, *sigma_clamps),
+    )

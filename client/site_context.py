@@ -11,7 +11,13 @@ import torch
 from flwr.app import Context
 
 from client.site_data import SiteData, load_site_data
-from common.config import ConfigError, RunSettings, SiteSettings, load_sites_file
+from common.config import (
+    SIMULATED_SITE,
+    ConfigError,
+    RunSettings,
+    SiteSettings,
+    load_sites_file,
+)
 from common.task import pick_device
 
 
@@ -35,15 +41,12 @@ def site_from_context(context: Context) -> Site:
     node_config = dict(context.node_config)
     partition_id = int(node_config.pop("partition-id", -1))
     num_partitions = int(node_config.pop("num-partitions", 1))
-    if partition_id >= 0 and settings.sites_file:
-        policy = _sites(settings.sites_file).get(partition_id, SiteSettings())
+    if partition_id >= 0:  # simulation: the sites file speaks for the site
+        sites = _sites(settings.sites_file) if settings.sites_file else {}
+        policy = sites.get(partition_id, SIMULATED_SITE)
     else:
         policy = SiteSettings.from_mapping(node_config, "node config")
-    if partition_id < 0 and not policy.data_file:
-        raise ConfigError(
-            "this SuperNode has no data: start it with --node-config \"data-file='/path/x.csv' "
-            "label-column='label'\" (and the site's epsilon-budget, delta, ledger)"
-        )
+        _check_deployed_policy(policy)
     data = load_site_data(settings, policy, max(partition_id, 0), num_partitions)
     return Site(
         settings=settings,
@@ -54,6 +57,20 @@ def site_from_context(context: Context) -> Site:
         ledger_path=_ledger_path(settings, policy, partition_id, context.run_id, data.name),
         device=pick_device(),
     )
+
+
+def _check_deployed_policy(policy: SiteSettings) -> None:
+    """A deployed site names its data and its own budget: neither may come from the server."""
+    if not policy.data_file:
+        raise ConfigError(
+            "this SuperNode has no data: start it with --node-config \"data-file='/path/x.csv' "
+            "label-column='label' epsilon-budget=8.0\" (or policy-file='/path/policy.toml')"
+        )
+    if not policy.epsilon_budget:
+        raise ConfigError(
+            "this SuperNode has no privacy budget: set epsilon-budget in its --node-config or "
+            "policy file (the lifetime epsilon this dataset may spend, over all runs)"
+        )
 
 
 @lru_cache(maxsize=4)

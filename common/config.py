@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,9 @@ class ConfigError(ValueError):
 MODELS = ("mlp", "logreg", "text")
 PARTITIONERS = ("iid", "dirichlet", "natural")
 OPTIMIZERS = ("sgd", "adam")
+# Upper limits of noise and clip settings (beyond them nothing useful is learnt).
+MAX_NOISE_MULTIPLIER = 1e4
+MAX_CLIP_NORM = 1e6
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class RunSettings:
     dp: bool = True
     target_epsilon: float = 8.0
     target_delta: float = 0.0
+    noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
     accountant: str = "pld"
     fraction_train: float = 1.0
@@ -110,7 +114,15 @@ class RunSettings:
             0 <= self.target_delta < 1,
             f"target-delta must be in [0, 1) (0 = 0.1/n per site), got {self.target_delta}",
         )
-        _require(_positive(self.max_grad_norm), "max-grad-norm (clip norm C) must be > 0")
+        _require(
+            0 <= self.noise_multiplier <= MAX_NOISE_MULTIPLIER,
+            f"noise-multiplier must be in [0, {MAX_NOISE_MULTIPLIER:g}] (0 = calibrate sigma to "
+            f"target-epsilon), got {self.noise_multiplier}",
+        )
+        _require(
+            _positive(self.max_grad_norm) and self.max_grad_norm <= MAX_CLIP_NORM,
+            f"max-grad-norm (clip norm C) must be in (0, {MAX_CLIP_NORM:g}]",
+        )
         _require(self.accountant in ACCOUNTANTS, f"accountant must be one of {ACCOUNTANTS}")
         _require(0 <= self.fraction_train <= 1, "fraction-train must be in [0, 1]")
         _require(0 <= self.fraction_evaluate <= 1, "fraction-evaluate must be in [0, 1]")
@@ -120,12 +132,17 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class SiteSettings:
-    """What a site decided for itself: its data, its privacy budget and delta, its ledger.
+    """What a site decided for itself: its data and its privacy policy. The server never sets it.
 
     data-file: the site's own CSV/JSONL ("" = its partition of the run's registered dataset).
     epsilon-budget: lifetime epsilon budget of this dataset (0 = the run's target-epsilon).
     delta: the site's delta (0 = 0.1/n for its n training records, i.e. < 1/n).
-    ledger: path of the site's privacy ledger ("" = the run's default location).
+    min-noise-multiplier: the least sigma the site trains with (0 = no floor); more is clamped in.
+    max-grad-norm: the largest clip norm C it accepts (0 = no cap); a larger request is clamped.
+    max-rounds-per-run: rounds it trains in one run at most (0 = no cap); later rounds refused.
+    allow-non-private: whether it accepts a dp=false (non-private) request at all.
+    ledger: path of the site's privacy ledger ("" = the default location).
+    policy-file: a TOML file of these keys (deployment: ``--node-config "policy-file='...'"``).
     """
 
     name: str = ""
@@ -136,17 +153,52 @@ class SiteSettings:
     class_names: str = ""
     epsilon_budget: float = 0.0
     delta: float = 0.0
+    min_noise_multiplier: float = 0.0
+    max_grad_norm: float = 0.0
+    max_rounds_per_run: int = 0
+    allow_non_private: bool = False
     ledger: str = ""
+    policy_file: str = ""
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], where: str) -> SiteSettings:
-        settings = cls(**_typed_values(cls, values, where))
-        _require(
-            settings.epsilon_budget >= 0 and math.isfinite(settings.epsilon_budget),
-            f"{where}: epsilon-budget must be a finite number >= 0",
-        )
-        _require(0 <= settings.delta < 1, f"{where}: delta must be in [0, 1)")
+    def from_mapping(
+        cls, values: Mapping[str, Any], where: str, defaults: SiteSettings | None = None
+    ) -> SiteSettings:
+        """Parse and check a site's keys; ``policy-file`` keys are merged in (a key set in both
+        places is an error). Unknown keys and impossible values raise ConfigError."""
+        values = dict(values)
+        policy_file = values.get("policy-file", "")
+        if policy_file:
+            _require(isinstance(policy_file, str), f"{where}: policy-file must be a path string")
+            from_file = _read_policy_file(Path(str(policy_file)).expanduser())
+            both = sorted(set(from_file) & set(values))
+            _require(not both, f"{where}: {both} set both here and in policy file {policy_file}")
+            values |= from_file
+        base = defaults or cls()
+        settings = replace(base, **_typed_values(cls, values, where))
+        settings.validate(where)
         return settings
+
+    def validate(self, where: str) -> None:
+        _require(
+            self.epsilon_budget >= 0 and math.isfinite(self.epsilon_budget),
+            f"{where}: epsilon-budget must be a finite number >= 0, got {self.epsilon_budget}",
+        )
+        _require(0 <= self.delta < 1, f"{where}: delta must be in [0, 1), got {self.delta}")
+        _require(
+            0 <= self.min_noise_multiplier <= MAX_NOISE_MULTIPLIER,
+            f"{where}: min-noise-multiplier must be in [0, {MAX_NOISE_MULTIPLIER:g}] "
+            f"(0 = no floor), got {self.min_noise_multiplier}",
+        )
+        _require(
+            0 <= self.max_grad_norm <= MAX_CLIP_NORM,
+            f"{where}: max-grad-norm must be in [0, {MAX_CLIP_NORM:g}] (0 = no cap), "
+            f"got {self.max_grad_norm}",
+        )
+        _require(
+            self.max_rounds_per_run >= 0,
+            f"{where}: max-rounds-per-run must be >= 0 (0 = no cap), got {self.max_rounds_per_run}",
+        )
 
     @property
     def feature_list(self) -> list[str] | None:
@@ -157,6 +209,24 @@ class SiteSettings:
     def class_list(self) -> list[str] | None:
         names = [c.strip() for c in self.class_names.split(",") if c.strip()]
         return names or None
+
+
+# A simulated site without a [site.N] table belongs to the researcher running the simulation:
+# it accepts non-private baselines. Deployed sites refuse them unless their policy allows it.
+SIMULATED_SITE = SiteSettings(allow_non_private=True)
+
+
+def _read_policy_file(file: Path) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"policy file {file} cannot be read: {err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"policy file {file} is not valid TOML: {err}") from err
+    _require("policy-file" not in raw, f"policy file {file} must not name another policy-file")
+    tables = sorted(k for k, v in raw.items() if isinstance(v, dict))
+    _require(not tables, f"policy file {file}: expected flat keys, found tables {tables}")
+    return raw
 
 
 def load_sites_file(path: str | Path) -> dict[int, SiteSettings]:

@@ -1,7 +1,8 @@
 """What travels between server and sites each round: record names, metric keys, status codes.
 
-A site's reply holds exactly one ArrayRecord (the trainable parameters, absent when the site did
-not train) and one MetricRecord of scalars below. Nothing else leaves a site: no records,
+A site's reply holds one ArrayRecord (the trainable parameters, absent when the site did not
+train), one MetricRecord of the scalars below and one ConfigRecord ``decision`` (its status, the
+reason for a refusal, the values its policy clamped). Nothing else leaves a site: no records,
 labels, per-example values or gradients.
 """
 
@@ -13,21 +14,34 @@ from flwr.app import Array, ArrayRecord
 ARRAYS = "arrays"
 METRICS = "metrics"
 CONFIG = "config"
+DECISION = "decision"  # ConfigRecord of the site's decision: status, reason, clamps (text)
 
-# Site status codes (MetricRecords hold numbers only).
+# Site status codes (MetricRecords hold numbers only). Anything but TRAINED is a refusal:
+# the site trained nothing, recorded nothing and sent no arrays.
 TRAINED = 0
 BUDGET_EXHAUSTED = 1
-STATUS_NAMES = {TRAINED: "trained", BUDGET_EXHAUSTED: "budget exhausted"}
+ROUND_LIMIT = 2
+INVALID_REQUEST = 3
+NON_PRIVATE_REFUSED = 4
+STATUS_NAMES = {
+    TRAINED: "trained",
+    BUDGET_EXHAUSTED: "budget exhausted",
+    ROUND_LIMIT: "round limit",
+    INVALID_REQUEST: "invalid request",
+    NON_PRIVATE_REFUSED: "non-private refused",
+}
 
 # Metric keys a training reply carries (the same keys in every train reply).
 TRAIN_METRIC_KEYS = (
     "num-examples",  # n: training records (FedAvg weight); 0 when the site did not train
-    "status",  # TRAINED / BUDGET_EXHAUSTED
+    "status",  # TRAINED or a refusal code (STATUS_NAMES)
     "partition-id",  # simulation partition, -1 in deployment
     "train-loss",
     "dp",  # 1 = DP-SGD, 0 = non-private baseline
     "epsilon-spent",  # lifetime epsilon of this dataset after this round (all runs, all rounds)
     "epsilon-budget",  # the site's lifetime budget for this dataset
+    "epsilon-left",  # budget - spent
+    "rounds-trained",  # rounds this site has trained in this run, this one included
     "delta",
     "noise-multiplier",  # sigma
     "sample-rate",  # q

@@ -24,7 +24,8 @@ def format_round(rec: RoundRecord, num_rounds: int, dp: bool) -> str:
         else:
             parts.append(
                 f"{site}: eps {m['epsilon-spent']:.3f}/{m['epsilon-budget']:.3f} "
-                f"(delta {m['delta']:.1e}){'' if m['status'] == 'trained' else ' ' + m['status']}"
+                f"left {m.get('epsilon-left', 0.0):.3f} (delta {m['delta']:.1e})"
+                f"{'' if m['status'] == 'trained' else ' ' + m['status'].upper()}"
             )
     if rec.failures:
         parts.append(f"{len(rec.failures)} failed")

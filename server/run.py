@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 
 from client.evaluation import evaluate
+from client.request import TrainRequest
 from common.config import RunSettings
 from common.data.partition import natural_partition_values
 from common.data.registry import load_dataset
@@ -76,16 +77,7 @@ class FederatedRun:
 
     def requested_training(self) -> dict[str, Any]:
         """What the server asks of the sites each round (the site may clamp or refuse)."""
-        s = self.settings
-        return {
-            "local-epochs": s.local_epochs,
-            "batch-size": s.batch_size,
-            "learning-rate": s.learning_rate,
-            "dp": s.dp,
-            "target-epsilon": s.target_epsilon,
-            "max-grad-norm": s.max_grad_norm,
-            "num-server-rounds": s.num_server_rounds,
-        }
+        return TrainRequest.of_run(self.settings)
 
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Called by the strategy after each round (and for round 0): server-side evaluation,
@@ -144,18 +136,37 @@ def _round_json(rec: RoundRecord, dp: bool) -> dict[str, Any]:
 
 
 def _final_site_privacy(rounds: dict[int, RoundRecord]) -> dict[str, dict[str, Any]]:
-    """Each site's last reported privacy state (lifetime epsilon, budget, delta, last round)."""
+    """Each site's last reported privacy state (lifetime epsilon spent/budget/left, delta,
+    sigma, q), the rounds it trained, and when and why it stopped (if it did)."""
     out: dict[str, dict[str, Any]] = {}
     for number in sorted(rounds):
-        for site, metrics in rounds[number].sites.items():
-            if "epsilon-spent" in metrics:
-                out[site] = {
-                    "epsilon-spent": metrics["epsilon-spent"],
-                    "epsilon-budget": metrics["epsilon-budget"],
-                    "delta": metrics["delta"],
-                    "noise-multiplier": metrics["noise-multiplier"],
-                    "sample-rate": metrics["sample-rate"],
-                    "last-round": number,
-                    "status": metrics["status"],
-                }
+        for site, m in rounds[number].sites.items():
+            if "status" not in m:
+                continue  # an evaluation-only entry
+            entry = out.setdefault(
+                site,
+                {"rounds-trained": 0, "last-trained-round": None, "clamped": []},
+            )
+            if m["status"] == "trained":
+                entry["rounds-trained"] += 1
+                entry["last-trained-round"] = number
+                entry["stopped-round"] = entry["stop-reason"] = None
+            elif entry.get("stopped-round") is None:
+                entry["stopped-round"] = number
+                entry["stop-reason"] = m.get("reason") or m["status"]
+            entry["clamped"] = sorted(set(entry["clamped"]) | set(m.get("clamped", [])))
+            entry |= {
+                key: m[key]
+                for key in (
+                    "epsilon-spent",
+                    "epsilon-budget",
+                    "epsilon-left",
+                    "delta",
+                    "noise-multiplier",
+                    "sample-rate",
+                    "status",
+                )
+                if key in m
+            }
+            entry["last-round"] = number
     return out

@@ -11,11 +11,12 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 
-from common.protocol import ARRAYS, METRICS, STATUS_NAMES, TRAINED
+from common.protocol import ARRAYS, DECISION, METRICS, STATUS_NAMES, TRAINED
 
 
 class RunStopped(Exception):
-    """Too few sites could train (budgets exhausted): the run ends cleanly with this reason."""
+    """Too few sites could train (they refused: budget, rounds cap, policy): the run ends
+    cleanly with this reason."""
 
 
 class RoundFailed(RuntimeError):
@@ -36,8 +37,9 @@ class RoundRecord:
 
 
 class PrivacyAwareFedAvg(FedAvg):
-    """Flower's FedAvg, plus: every site's reply is recorded (epsilon spent/budget, status),
-    and replies of sites that refused to train (budget exhausted) are left out of aggregation.
+    """Flower's FedAvg, plus: every site's reply is recorded (epsilon spent/budget/left, status,
+    the reason of a refusal, what its policy clamped), and replies of sites that refused to
+    train are left out of aggregation.
 
     site_names: optional partition-id -> display name (e.g. the hospital in simulation).
     """
@@ -71,7 +73,13 @@ class PrivacyAwareFedAvg(FedAvg):
                 continue
             metrics = dict(msg.content[METRICS])
             status = int(metrics.get("status", TRAINED))
-            rec.sites[label] = {**metrics, "status": STATUS_NAMES.get(status, str(status))}
+            decision = dict(msg.content[DECISION]) if DECISION in msg.content else {}
+            rec.sites[label] = {
+                **metrics,
+                "status": STATUS_NAMES.get(status, str(status)),
+                "reason": str(decision.get("reason", "")),
+                "clamped": [str(c) for c in decision.get("clamped", [])],
+            }
             if status == TRAINED and ARRAYS in msg.content:
                 trained.append(msg)
             else:
@@ -80,7 +88,7 @@ class PrivacyAwareFedAvg(FedAvg):
                     "round %s: %s did not train (%s)",
                     server_round,
                     label,
-                    STATUS_NAMES.get(status, status),
+                    rec.sites[label]["reason"] or STATUS_NAMES.get(status, status),
                 )
         rec.trained_sites = len(trained)
         if len(trained) < max(self.min_train_nodes, 1):
@@ -90,9 +98,10 @@ class PrivacyAwareFedAvg(FedAvg):
                     f"round {server_round}: {len(trained)} site(s) trained, fewer than "
                     f"min-train-nodes={self.min_train_nodes}; errors: {'; '.join(rec.failures)}"
                 )
+            reasons = "; ".join(f"{s}: {rec.sites[s]['status']}" for s in sorted(refused))
             raise RunStopped(
                 f"round {server_round}: only {len(trained)} site(s) could train (min-train-nodes"
-                f"={self.min_train_nodes}); out of privacy budget: {', '.join(sorted(refused))}"
+                f"={self.min_train_nodes}); refused: {reasons or 'none'}"
             )
         arrays, metrics = super().aggregate_train(server_round, trained)
         rec.train = {k: v for k, v in (metrics or {}).items() if k == "train-loss"}

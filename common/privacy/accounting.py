@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import dp_accounting
 from dp_accounting import pld, rdp
@@ -83,7 +84,15 @@ def compute_epsilon(releases: Iterable[DpRelease], delta: float, accountant: str
             merged[key] = merged.get(key, 0) + release.steps
     if not merged:
         return 0.0
+    return _composed_epsilon(tuple(sorted(merged.items())), delta, accountant)
+
+
+@lru_cache(maxsize=1024)
+def _composed_epsilon(
+    batches: tuple[tuple[tuple[float, float], int], ...], delta: float, accountant: str
+) -> float:
+    """Cached: each round asks again for the same history (spent before, spent after)."""
     acc = make_accountant(accountant)
-    for (sigma, q), steps in merged.items():
+    for (sigma, q), steps in batches:
         acc.compose(DpRelease(sigma, q, steps).event())
     return float(acc.get_epsilon(delta))

@@ -21,7 +21,7 @@ from pathlib import Path
 from common.privacy.accounting import ACCOUNTANTS, DpRelease, compute_epsilon
 
 SCHEMA_NAME = "fedpriv-ledger"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: releases.epsilon_budget, runs.requested_noise_multiplier, non-private
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,15 +32,36 @@ CREATE TABLE IF NOT EXISTS runs (
     fingerprint TEXT NOT NULL, run_id TEXT NOT NULL, noise_multiplier REAL NOT NULL,
     sample_rate REAL NOT NULL, steps_per_round INTEGER NOT NULL, planned_rounds INTEGER NOT NULL,
     target_epsilon REAL NOT NULL, delta REAL NOT NULL, accountant TEXT NOT NULL,
-    created REAL NOT NULL, PRIMARY KEY (fingerprint, run_id));
+    created REAL NOT NULL, requested_noise_multiplier REAL,
+    PRIMARY KEY (fingerprint, run_id));
 CREATE TABLE IF NOT EXISTS releases (
     id INTEGER PRIMARY KEY AUTOINCREMENT, fingerprint TEXT NOT NULL, run_id TEXT NOT NULL,
     round INTEGER NOT NULL, noise_multiplier REAL NOT NULL CHECK (noise_multiplier > 0),
     sample_rate REAL NOT NULL CHECK (sample_rate > 0 AND sample_rate <= 1),
     steps INTEGER NOT NULL CHECK (steps >= 0), delta REAL NOT NULL, accountant TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('reserved', 'released')), recorded_at REAL NOT NULL);
+    status TEXT NOT NULL CHECK (status IN ('reserved', 'released')), recorded_at REAL NOT NULL,
+    epsilon_budget REAL);
 CREATE INDEX IF NOT EXISTS releases_by_dataset ON releases (fingerprint);
+CREATE TABLE IF NOT EXISTS non_private_releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, fingerprint TEXT NOT NULL, run_id TEXT NOT NULL,
+    round INTEGER NOT NULL, recorded_at REAL NOT NULL);
 """
+_MIGRATIONS = {  # from version -> statements that bring a ledger to the next version
+    1: [
+        "ALTER TABLE releases ADD COLUMN epsilon_budget REAL",
+        "ALTER TABLE runs ADD COLUMN requested_noise_multiplier REAL",
+        "CREATE TABLE non_private_releases (id INTEGER PRIMARY KEY AUTOINCREMENT, fingerprint "
+        "TEXT NOT NULL, run_id TEXT NOT NULL, round INTEGER NOT NULL, recorded_at REAL NOT NULL)",
+    ],
+}
+_ROW_COLUMNS = (
+    "id, fingerprint, run_id, round, noise_multiplier, sample_rate, steps, delta, accountant, "
+    "status, recorded_at, epsilon_budget"
+)
+_PLAN_COLUMNS = (
+    "noise_multiplier, sample_rate, steps_per_round, planned_rounds, target_epsilon, delta, "
+    "accountant, COALESCE(requested_noise_multiplier, noise_multiplier)"
+)
 
 
 class LedgerError(RuntimeError):
@@ -54,6 +75,12 @@ class BudgetExceededError(RuntimeError):
         self.epsilon_spent = epsilon_spent
         self.epsilon_after = epsilon_after
         self.epsilon_budget = epsilon_budget
+        if math.isinf(epsilon_spent):
+            super().__init__(
+                "budget exhausted: an update trained without DP already left the site on this "
+                "dataset, so no epsilon bound holds for it any more"
+            )
+            return
         super().__init__(
             f"budget exhausted: this round would bring epsilon from {epsilon_spent:.4f} to "
             f"{epsilon_after:.4f}, over the budget {epsilon_budget:.4f} "
@@ -76,6 +103,7 @@ class LedgerRow:
     accountant: str
     status: str
     recorded_at: float
+    epsilon_budget: float | None  # the budget this release was checked against
 
     @property
     def release(self) -> DpRelease:
@@ -84,7 +112,12 @@ class LedgerRow:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """The calibrated DP parameters of one run on one dataset, fixed at its first round."""
+    """The DP parameters of one run on one dataset, fixed at its first round.
+
+    noise_multiplier: sigma used (never below the site's floor); requested_noise_multiplier:
+    sigma asked for or calibrated, before the floor; target_epsilon: what the planned
+    rounds x steps at (sigma, q) cost on their own.
+    """
 
     noise_multiplier: float
     sample_rate: float
@@ -93,20 +126,45 @@ class RunPlan:
     target_epsilon: float
     delta: float
     accountant: str
+    requested_noise_multiplier: float
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run on one dataset as the ledger saw it (for the operator view)."""
+
+    fingerprint: str
+    run_id: str
+    created: float
+    plan: RunPlan
+    rounds: int
+    reserved: int  # reservations never marked released (a crash mid-round): counted as spent
 
 
 class PrivacyLedger:
-    """A site's ledger file. Safe for several processes: writes run in IMMEDIATE transactions."""
+    """A site's ledger file. Safe for several processes: writes run in IMMEDIATE transactions.
 
-    def __init__(self, path: str | Path) -> None:
+    read_only: open an existing ledger without creating, migrating or writing anything (the
+    operator view); a missing file is then a LedgerError.
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if read_only and not self.path.is_file():
+            raise LedgerError(f"no privacy ledger at {self.path}")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            if read_only:
+                uri = f"file:{self.path.resolve()}?mode=ro"
+                self._conn = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
+            else:
+                self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
         except sqlite3.OperationalError as err:
             raise LedgerError(f"privacy ledger {self.path} cannot be opened: {err}") from err
         try:
-            self._open()
+            self._version = self._open()
         except LedgerError:
             self._conn.close()
             raise
@@ -120,34 +178,59 @@ class PrivacyLedger:
                 "damaged; restore it from a backup. fedpriv never resets a ledger."
             ) from err
 
-    def _open(self) -> None:
+    def _open(self) -> int:
+        """Check (and create or migrate, unless read-only) the schema; return its version."""
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master")}
         if tables and "meta" not in tables:
             raise LedgerError(
                 f"{self.path} is a SQLite file but not a fedpriv privacy ledger "
                 f"(tables: {', '.join(sorted(tables))}); point the site at its own ledger file"
             )
+        if self.read_only:
+            return self._check_meta(self._meta())
         with self._transaction():
             if not tables:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._conn.execute(statement)
-            try:
-                meta = dict(self._conn.execute("SELECT key, value FROM meta"))
-            except sqlite3.OperationalError as err:
-                raise LedgerError(f"{self.path} is not a fedpriv privacy ledger ({err})") from err
+            meta = self._meta()
             if not meta:
                 self._conn.executemany(
                     "INSERT INTO meta VALUES (?, ?)",
                     [("schema", SCHEMA_NAME), ("version", str(SCHEMA_VERSION))],
                 )
-            elif meta.get("schema") != SCHEMA_NAME:
-                raise LedgerError(f"{self.path} is not a fedpriv privacy ledger (meta: {meta})")
-            elif int(meta.get("version", "0")) > SCHEMA_VERSION:
-                raise LedgerError(
-                    f"{self.path} has ledger schema {meta['version']}, newer than this fedpriv "
-                    f"({SCHEMA_VERSION}); upgrade fedpriv"
-                )
+                return SCHEMA_VERSION
+            version = self._check_meta(meta)
+            while version < SCHEMA_VERSION:  # upgrade in place, in the same transaction
+                for statement in _MIGRATIONS[version]:
+                    self._conn.execute(statement)
+                version += 1
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(version),))
+            return version
+
+    def _meta(self) -> dict[str, str]:
+        try:
+            return dict(self._conn.execute("SELECT key, value FROM meta"))
+        except sqlite3.OperationalError as err:
+            raise LedgerError(f"{self.path} is not a fedpriv privacy ledger ({err})") from err
+
+    def _check_meta(self, meta: dict[str, str]) -> int:
+        if meta.get("schema") != SCHEMA_NAME:
+            raise LedgerError(f"{self.path} is not a fedpriv privacy ledger (meta: {meta})")
+        version = int(meta.get("version", "0"))
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path} has ledger schema {version}, newer than this fedpriv "
+                f"({SCHEMA_VERSION}); upgrade fedpriv"
+            )
+        if version not in _MIGRATIONS and version != SCHEMA_VERSION:
+            raise LedgerError(f"{self.path} has an unknown ledger schema version {version}")
+        if self.read_only and version < SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path} has ledger schema {version}; the next training round (or opening it "
+                "with write access) upgrades it in place"
+            )
+        return version
 
     def close(self) -> None:
         self._conn.close()
@@ -171,7 +254,7 @@ class PrivacyLedger:
     # --- reading -------------------------------------------------------------------------
     def rows(self, fingerprint: str | None = None) -> list[LedgerRow]:
         """Recorded release batches (of one dataset, or all), oldest first."""
-        query = "SELECT * FROM releases"
+        query = f"SELECT {_ROW_COLUMNS} FROM releases"
         args: tuple[str, ...] = ()
         if fingerprint is not None:
             query += " WHERE fingerprint = ?"
@@ -179,17 +262,60 @@ class PrivacyLedger:
         return [LedgerRow(*r) for r in self._conn.execute(query + " ORDER BY id", args)]
 
     def datasets(self) -> list[tuple[str, str, int]]:
-        """(fingerprint, name, number of records) of every dataset seen."""
-        return list(self._conn.execute("SELECT fingerprint, name, num_records FROM datasets"))
+        """(fingerprint, name, number of records) of every dataset seen, oldest first."""
+        return list(
+            self._conn.execute(
+                "SELECT fingerprint, name, num_records FROM datasets ORDER BY first_seen"
+            )
+        )
+
+    def runs(self, fingerprint: str | None = None) -> list[RunSummary]:
+        """Every run's plan and how many rounds it released (per dataset), oldest first."""
+        query = f"SELECT fingerprint, run_id, created, {_PLAN_COLUMNS} FROM runs"
+        args: tuple[str, ...] = ()
+        if fingerprint is not None:
+            query += " WHERE fingerprint = ?"
+            args = (fingerprint,)
+        out = []
+        for fp, run_id, created, *plan in self._conn.execute(query + " ORDER BY created", args):
+            counts = dict(
+                self._conn.execute(
+                    "SELECT status, COUNT(*) FROM releases WHERE fingerprint = ? AND run_id = ? "
+                    "GROUP BY status",
+                    (fp, run_id),
+                )
+            )
+            released, reserved = counts.get("released", 0), counts.get("reserved", 0)
+            out.append(RunSummary(fp, run_id, created, RunPlan(*plan), released, reserved))
+        return out
+
+    def rounds_recorded(self, fingerprint: str, run_id: str) -> int:
+        """Rounds of this run with a release recorded (reserved or released) on this dataset."""
+        row = self._conn.execute(
+            "SELECT COUNT(DISTINCT round) FROM releases WHERE fingerprint = ? AND run_id = ?",
+            (fingerprint, run_id),
+        ).fetchone()
+        return int(row[0])
 
     def epsilon_spent(self, fingerprint: str, delta: float, accountant: str = "pld") -> float:
-        """Epsilon at ``delta`` of every release ever recorded on this dataset."""
+        """Epsilon at ``delta`` of every release ever recorded on this dataset (infinite once
+        an update trained without DP left the site: no epsilon bound holds after that)."""
+        if self.non_private_rounds(fingerprint):
+            return math.inf
         return compute_epsilon([r.release for r in self.rows(fingerprint)], delta, accountant)
+
+    def non_private_rounds(self, fingerprint: str) -> list[tuple[str, int]]:
+        """(run id, round) of every update trained on this dataset without DP."""
+        return list(
+            self._conn.execute(
+                "SELECT run_id, round FROM non_private_releases WHERE fingerprint = ? ORDER BY id",
+                (fingerprint,),
+            )
+        )
 
     def run_plan(self, fingerprint: str, run_id: str) -> RunPlan | None:
         row = self._conn.execute(
-            "SELECT noise_multiplier, sample_rate, steps_per_round, planned_rounds, "
-            "target_epsilon, delta, accountant FROM runs WHERE fingerprint = ? AND run_id = ?",
+            f"SELECT {_PLAN_COLUMNS} FROM runs WHERE fingerprint = ? AND run_id = ?",
             (fingerprint, run_id),
         ).fetchone()
         return None if row is None else RunPlan(*row)
@@ -206,7 +332,9 @@ class PrivacyLedger:
         """Store the run's plan unless one exists; return the stored one (first writer wins)."""
         with self._transaction():
             self._conn.execute(
-                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO runs (fingerprint, run_id, noise_multiplier, sample_rate, "
+                "steps_per_round, planned_rounds, target_epsilon, delta, accountant, created, "
+                "requested_noise_multiplier) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     fingerprint,
                     run_id,
@@ -218,6 +346,7 @@ class PrivacyLedger:
                     plan.delta,
                     plan.accountant,
                     time.time(),
+                    plan.requested_noise_multiplier,
                 ),
             )
         stored = self.run_plan(fingerprint, run_id)
@@ -246,14 +375,16 @@ class PrivacyLedger:
             raise ValueError(f"epsilon budget must be a finite number >= 0, got {epsilon_budget}")
         with self._transaction():
             past = [r.release for r in self.rows(fingerprint)]
+            if self.non_private_rounds(fingerprint):
+                raise BudgetExceededError(math.inf, math.inf, epsilon_budget)
             spent = compute_epsilon(past, delta, accountant)
             after = compute_epsilon([*past, release], delta, accountant)
             if after > epsilon_budget:
                 raise BudgetExceededError(spent, after, epsilon_budget)
             cursor = self._conn.execute(
                 "INSERT INTO releases (fingerprint, run_id, round, noise_multiplier, sample_rate,"
-                " steps, delta, accountant, status, recorded_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
+                " steps, delta, accountant, status, recorded_at, epsilon_budget)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?)",
                 (
                     fingerprint,
                     run_id,
@@ -264,11 +395,22 @@ class PrivacyLedger:
                     delta,
                     accountant,
                     time.time(),
+                    epsilon_budget,
                 ),
             )
             row_id = cursor.lastrowid
         assert row_id is not None
         return row_id
+
+    def record_non_private(self, fingerprint: str, run_id: str, round_number: int) -> None:
+        """Record, before it leaves, an update trained without DP: from now on the dataset's
+        epsilon is infinite and every DP reservation on it is refused."""
+        with self._transaction():
+            self._conn.execute(
+                "INSERT INTO non_private_releases (fingerprint, run_id, round, recorded_at) "
+                "VALUES (?, ?, ?, ?)",
+                (fingerprint, run_id, round_number, time.time()),
+            )
 
     def mark_released(self, row_id: int, steps: int) -> None:
         """Record that the update left (or is about to leave) the site after ``steps`` steps."""

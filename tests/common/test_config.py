@@ -200,6 +200,14 @@ def test_missing_sites_file_names_the_file(tmp_path):
         ("[site.0]\ndelta = 1.0\n", "delta"),
         ("[site.0]\ndelta = -0.1\n", "delta"),
         ("[sites.0]\nname = 'x'\n", "sites"),
+        ("[site.0]\nmin-noise-multiplier = -1.0\n", "min-noise-multiplier"),
+        ("[site.0]\nmin-noise-multiplier = inf\n", "min-noise-multiplier"),
+        ("[site.0]\nmin-noise-multiplier = 1e9\n", "min-noise-multiplier"),
+        ("[site.0]\nmax-grad-norm = -0.5\n", "max-grad-norm"),
+        ("[site.0]\nmax-grad-norm = nan\n", "max-grad-norm"),
+        ("[site.0]\nmax-rounds-per-run = -2\n", "max-rounds-per-run"),
+        ("[site.0]\nmax-rounds-per-run = 2.5\n", "max-rounds-per-run"),
+        ("[site.0]\nallow-non-private = 'yes'\n", "allow-non-private"),
     ],
 )
 def test_bad_sites_file_is_a_config_error_naming_the_file(tmp_path, text, says):
@@ -234,3 +242,51 @@ def test_binary_sites_file_is_a_config_error(tmp_path):
     path.write_bytes(b"\xff\xfe[site.0]\n")
     with pytest.raises(ConfigError, match="sites.toml"):
         load_sites_file(path)
+
+
+# --- site policy files (deployment: --node-config "policy-file='...'") -------------------
+
+
+def test_a_policy_file_fills_in_the_sites_keys(tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        "epsilon-budget = 6.0\nmin-noise-multiplier = 0.8\nmax-grad-norm = 2.0\n"
+        "max-rounds-per-run = 20\nallow-non-private = false\n"
+    )
+    site = SiteSettings.from_mapping(
+        {"data-file": "/data/x.csv", "policy-file": str(policy)}, "node config"
+    )
+    assert site == SiteSettings(
+        data_file="/data/x.csv",
+        epsilon_budget=6.0,
+        min_noise_multiplier=0.8,
+        max_grad_norm=2.0,
+        max_rounds_per_run=20,
+        policy_file=str(policy),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("epsilon-budgett = 6.0\n", "epsilon-budgett"),
+        ("epsilon-budget = -6.0\n", "epsilon-budget must be a finite number >= 0"),
+        ("min-noise-multiplier = nan\n", "min-noise-multiplier must not be NaN"),
+        ("[site]\nepsilon-budget = 6.0\n", "expected flat keys"),
+        ("policy-file = 'other.toml'\n", "must not name another policy-file"),
+        ("epsilon-budget = \n", "not valid TOML"),
+        ("data-file = '/data/y.csv'\n", "set both here and in policy file"),
+    ],
+)
+def test_a_bad_policy_file_is_named_with_the_reason(tmp_path, text, says):
+    policy = tmp_path / "policy.toml"
+    policy.write_text(text)
+    with pytest.raises(ConfigError, match=says):
+        SiteSettings.from_mapping(
+            {"data-file": "/d.csv", "policy-file": str(policy)}, "node config"
+        )
+
+
+def test_a_missing_policy_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nowhere.toml"):
+        SiteSettings.from_mapping({"policy-file": str(tmp_path / "nowhere.toml")}, "node config")

@@ -5,7 +5,13 @@ from server.strategy import RoundRecord
 
 
 def site(spent: float, budget: float, delta: float, status: str = "trained") -> dict:
-    return {"epsilon-spent": spent, "epsilon-budget": budget, "delta": delta, "status": status}
+    return {
+        "epsilon-spent": spent,
+        "epsilon-budget": budget,
+        "epsilon-left": budget - spent,
+        "delta": delta,
+        "status": status,
+    }
 
 
 def full_record() -> RoundRecord:
@@ -28,8 +34,8 @@ def test_dp_line_shows_round_losses_each_sites_spend_and_failures():
     line = format_round(full_record(), num_rounds=5, dp=True)
     assert line == (
         "round 2/5 | train loss 0.4322 | server acc 0.8125 loss 0.4321 | federated acc 0.8012"
-        " | Cleveland: eps 2.123/8.000 (delta 3.3e-04)"
-        " | Hungary: eps 7.950/8.000 (delta 2.0e-04) budget exhausted"
+        " | Cleveland: eps 2.123/8.000 left 5.877 (delta 3.3e-04)"
+        " | Hungary: eps 7.950/8.000 left 0.050 (delta 2.0e-04) BUDGET EXHAUSTED"
         " | 2 failed"
     )
 
@@ -52,7 +58,7 @@ def test_sites_without_a_training_reply_are_not_listed():
 def test_bare_round_has_no_empty_sections_and_no_failure_count():
     rec = RoundRecord(server_round=3, sites={"B": site(0.5, 1.0, 1e-5)})
     assert format_round(rec, num_rounds=10, dp=True) == (
-        "round 3/10 | B: eps 0.500/1.000 (delta 1.0e-05)"
+        "round 3/10 | B: eps 0.500/1.000 left 0.500 (delta 1.0e-05)"
     )
 
 

@@ -8,9 +8,25 @@ import time
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
 
-from common.protocol import ARRAYS, BUDGET_EXHAUSTED, METRICS, TRAIN_METRIC_KEYS, TRAINED
+from common.protocol import (
+    ARRAYS,
+    BUDGET_EXHAUSTED,
+    DECISION,
+    METRICS,
+    TRAIN_METRIC_KEYS,
+    TRAINED,
+)
 from server.strategy import PrivacyAwareFedAvg, RoundFailed, RunStopped
 
 _ids = itertools.count()
@@ -60,7 +76,9 @@ def trained(node_id: int, n: int, pid: int, weights: dict[str, np.ndarray], **ov
 
 def exhausted(node_id: int, pid: int, **over) -> Message:
     metrics = train_metrics(0, pid, status=BUDGET_EXHAUSTED, **over)
-    return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), metadata=metadata(node_id))
+    decision = {"status": "budget exhausted", "reason": "budget exhausted: 0.1 left", "clamped": []}
+    content = RecordDict({METRICS: MetricRecord(metrics), DECISION: ConfigRecord(decision)})
+    return Message(content=content, metadata=metadata(node_id))
 
 
 def failed(node_id: int, reason: str) -> Message:
@@ -127,6 +145,20 @@ def test_budget_exhausted_site_is_recorded_but_left_out_of_the_average():
     assert rec.failures == []
 
 
+def test_each_sites_decision_is_recorded_reason_and_clamps():
+    s = strategy(min_train_nodes=1)
+    clamps = ["noise-multiplier 0.3 -> 2 (site min-noise-multiplier)"]
+    replies = [trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]])), exhausted(12, 1)]
+    replies[0].content[DECISION] = ConfigRecord(
+        {"status": "trained", "reason": "", "clamped": clamps}
+    )
+    s.aggregate_train(1, replies)
+    sites = s.rounds[1].sites
+    assert (sites["Cleveland"]["reason"], sites["Cleveland"]["clamped"]) == ("", clamps)
+    assert sites["Hungary"]["reason"] == "budget exhausted: 0.1 left"
+    assert sites["Hungary"]["clamped"] == []
+
+
 def test_arrays_of_a_site_that_reports_an_exhausted_budget_are_never_used():
     s = strategy()
     refusal = trained(12, 1000, 1, w([100.0, 100.0], [[100.0, 100.0]]), status=BUDGET_EXHAUSTED)
@@ -149,7 +181,7 @@ def test_too_few_sites_because_of_budgets_stops_the_run_naming_them():
     ]
     with pytest.raises(RunStopped, match="only 1 site") as stop:
         s.aggregate_train(3, replies)
-    assert "Hungary, Switzerland" in str(stop.value)
+    assert "Hungary: budget exhausted; Switzerland: budget exhausted" in str(stop.value)
     assert "Cleveland" not in str(stop.value)
     assert "min-train-nodes=2" in str(stop.value)
     rec = s.rounds[3]

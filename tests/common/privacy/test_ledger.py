@@ -132,7 +132,7 @@ def test_each_dataset_has_its_own_spend(ledger):
 
 
 def test_rows_plans_and_datasets_survive_closing_and_reopening(ledger_path):
-    plan = RunPlan(1.1, 0.02, 50, 5, 4.0, DELTA, "pld")
+    plan = RunPlan(1.1, 0.02, 50, 5, 4.0, DELTA, "pld", 1.1)
     with PrivacyLedger(ledger_path) as first:
         first.register_dataset(FP, "heart-disease/site-1", 270)
         first.save_run_plan(FP, "run-1", plan)
@@ -247,8 +247,8 @@ def test_mark_released_records_the_steps_actually_taken(ledger):
 
 # --- run plans and datasets ----------------------------------------------------------------
 def test_the_first_run_plan_saved_wins(ledger_path):
-    first = RunPlan(1.2, 0.02, 40, 5, 4.0, DELTA, "pld")
-    second = RunPlan(0.7, 0.05, 80, 10, 8.0, 1e-6, "rdp")
+    first = RunPlan(1.2, 0.02, 40, 5, 4.0, DELTA, "pld", 1.0)
+    second = RunPlan(0.7, 0.05, 80, 10, 8.0, 1e-6, "rdp", 0.7)
     with PrivacyLedger(ledger_path) as ledger:
         assert ledger.save_run_plan(FP, "run-1", first) == first
         assert ledger.save_run_plan(FP, "run-1", second) == first
@@ -432,3 +432,83 @@ def test_property_epsilon_never_exceeds_the_budget(budget, delta, ops):
                 ledger.cancel(row_id)
             for key in (FP, OTHER_FP):
                 assert ledger.epsilon_spent(key, delta, "rdp") <= budget
+
+
+# --- schema 1 ledgers, read-only access, the operator's summaries ----------------------------
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE datasets (fingerprint TEXT PRIMARY KEY, name TEXT NOT NULL,
+    num_records INTEGER NOT NULL, first_seen REAL NOT NULL);
+CREATE TABLE runs (fingerprint TEXT NOT NULL, run_id TEXT NOT NULL,
+    noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, steps_per_round INTEGER NOT NULL,
+    planned_rounds INTEGER NOT NULL, target_epsilon REAL NOT NULL, delta REAL NOT NULL,
+    accountant TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (fingerprint, run_id));
+CREATE TABLE releases (id INTEGER PRIMARY KEY AUTOINCREMENT, fingerprint TEXT NOT NULL,
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, noise_multiplier REAL NOT NULL,
+    sample_rate REAL NOT NULL, steps INTEGER NOT NULL, delta REAL NOT NULL,
+    accountant TEXT NOT NULL, status TEXT NOT NULL, recorded_at REAL NOT NULL);
+INSERT INTO meta VALUES ('schema', 'fedpriv-ledger'), ('version', '1');
+INSERT INTO runs VALUES ('{fp}', 'run-1', 1.1, 0.02, 50, 5, 4.0, 1e-5, 'rdp', 1.0);
+INSERT INTO releases VALUES (1, '{fp}', 'run-1', 1, 1.1, 0.02, 50, 1e-5, 'rdp', 'released', 2.0);
+"""
+
+
+def _schema_1_ledger(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(SCHEMA_1.format(fp=FP))
+
+
+def test_a_schema_1_ledger_is_upgraded_in_place_keeping_every_row(ledger_path):
+    _schema_1_ledger(ledger_path)
+    with pytest.raises(LedgerError, match="schema 1"):
+        PrivacyLedger(ledger_path, read_only=True)  # the operator view never writes
+    with PrivacyLedger(ledger_path) as ledger:
+        (row,) = ledger.rows(FP)
+        assert (row.release, row.epsilon_budget) == (DpRelease(1.1, 0.02, 50), None)
+        assert ledger.run_plan(FP, "run-1") == RunPlan(1.1, 0.02, 50, 5, 4.0, 1e-5, "rdp", 1.1)
+        reserve(ledger, DpRelease(1.1, 0.02, 50), round_number=2, epsilon_budget=9.0)
+        assert ledger.rows(FP)[-1].epsilon_budget == 9.0
+    with closing(sqlite3.connect(ledger_path)) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='version'").fetchone() == ("2",)
+
+
+def test_read_only_access_needs_an_existing_ledger_and_writes_nothing(ledger_path):
+    with pytest.raises(LedgerError, match="no privacy ledger"):
+        PrivacyLedger(ledger_path, read_only=True)
+    assert not ledger_path.exists() and not ledger_path.parent.exists()
+    with PrivacyLedger(ledger_path) as ledger:
+        reserve(ledger, DpRelease(1.0, 0.02, 10))
+    before = ledger_path.read_bytes()
+    with PrivacyLedger(ledger_path, read_only=True) as ledger:
+        assert len(ledger.rows(FP)) == 1
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reserve(ledger, DpRelease(1.0, 0.02, 10), round_number=2)
+    assert ledger_path.read_bytes() == before
+
+
+def test_a_non_private_release_voids_every_epsilon_bound_on_that_dataset(ledger):
+    reserve(ledger, DpRelease(1.0, 0.02, 10))
+    ledger.record_non_private(FP, "baseline", 3)
+    assert ledger.non_private_rounds(FP) == [("baseline", 3)]
+    assert ledger.epsilon_spent(FP, DELTA) == float("inf")
+    assert ledger.epsilon_spent(OTHER_FP, DELTA) == 0.0  # other datasets keep their bound
+    with pytest.raises(BudgetExceededError, match="without DP"):
+        reserve(ledger, DpRelease(50.0, 0.01, 1), round_number=4)
+    assert len(ledger.rows(FP)) == 1
+
+
+def test_runs_list_each_plan_with_released_and_reserved_rounds(ledger):
+    plan = RunPlan(1.1, 0.02, 50, 5, 4.0, DELTA, "pld", 0.9)
+    ledger.save_run_plan(FP, "run-1", plan)
+    ledger.save_run_plan(OTHER_FP, "run-1", plan)
+    for round_number in (1, 2):
+        ledger.mark_released(
+            reserve(ledger, DpRelease(1.1, 0.02, 50), round_number=round_number), 50
+        )
+    reserve(ledger, DpRelease(1.1, 0.02, 50), round_number=3)  # a crash mid-round
+    (run,) = ledger.runs(FP)
+    assert (run.run_id, run.plan, run.rounds, run.reserved) == ("run-1", plan, 2, 1)
+    assert [r.fingerprint for r in ledger.runs()] == [FP, OTHER_FP]
+    assert ledger.rounds_recorded(FP, "run-1") == 3
+    assert ledger.rounds_recorded(OTHER_FP, "run-1") == 0
