@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +17,7 @@ from common.config import (
     SiteSettings,
     load_sites_file,
 )
+from common.privacy.ledger import default_ledger_path
 from common.task import pick_device
 
 
@@ -86,7 +86,6 @@ def _ledger_path(
     if policy.ledger:
         return Path(policy.ledger).expanduser()
     if partition_id < 0:
-        home = Path(os.environ.get("FEDPRIV_HOME", Path.home() / ".fedpriv"))
-        return home / "ledger.sqlite"
+        return default_ledger_path()
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return Path(settings.results_dir) / "ledgers" / f"run-{run_id}" / f"{safe}.sqlite"

@@ -11,6 +11,7 @@ counts: the ledger errs on the side of over-counting, never under-counting.
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -62,6 +63,12 @@ _PLAN_COLUMNS = (
     "noise_multiplier, sample_rate, steps_per_round, planned_rounds, target_epsilon, delta, "
     "accountant, COALESCE(requested_noise_multiplier, noise_multiplier)"
 )
+
+
+def default_ledger_path() -> Path:
+    """A deployed site's ledger unless its policy names one: $FEDPRIV_HOME/ledger.sqlite
+    (FEDPRIV_HOME defaults to ~/.fedpriv)."""
+    return Path(os.environ.get("FEDPRIV_HOME", Path.home() / ".fedpriv")) / "ledger.sqlite"
 
 
 class LedgerError(RuntimeError):
@@ -235,6 +242,10 @@ class PrivacyLedger:
     def close(self) -> None:
         self._conn.close()
 
+    def backup_to(self, target: sqlite3.Connection) -> None:
+        """Copy the whole ledger into ``target`` (SQLite's online backup: a consistent copy)."""
+        self._conn.backup(target)
+
     def __enter__(self) -> PrivacyLedger:
         return self
 
@@ -401,6 +412,14 @@ class PrivacyLedger:
             row_id = cursor.lastrowid
         assert row_id is not None
         return row_id
+
+    def non_private_since(self, fingerprint: str) -> float | None:
+        """When the first update trained without DP on this dataset was recorded (or None)."""
+        row = self._conn.execute(
+            "SELECT MIN(recorded_at) FROM non_private_releases WHERE fingerprint = ?",
+            (fingerprint,),
+        ).fetchone()
+        return row[0]
 
     def record_non_private(self, fingerprint: str, run_id: str, round_number: int) -> None:
         """Record, before it leaves, an update trained without DP: from now on the dataset's
