@@ -136,8 +136,9 @@ def _round_json(rec: RoundRecord, dp: bool) -> dict[str, Any]:
 
 
 def _final_site_privacy(rounds: dict[int, RoundRecord]) -> dict[str, dict[str, Any]]:
-    """Each site's last reported privacy state (lifetime epsilon spent/budget/left, delta,
-    sigma, q), the rounds it trained, and when and why it stopped (if it did)."""
+    """Each site's last reported privacy state (lifetime epsilon spent/budget/left, delta),
+    sigma and q of its last trained round, the rounds it trained, what its policy clamped, and
+    when and why it stopped (if it did)."""
     out: dict[str, dict[str, Any]] = {}
     for number in sorted(rounds):
         for site, m in rounds[number].sites.items():
@@ -151,21 +152,14 @@ def _final_site_privacy(rounds: dict[int, RoundRecord]) -> dict[str, dict[str, A
                 entry["rounds-trained"] += 1
                 entry["last-trained-round"] = number
                 entry["stopped-round"] = entry["stop-reason"] = None
+                entry |= {k: m[k] for k in ("noise-multiplier", "sample-rate") if k in m}
             elif entry.get("stopped-round") is None:
                 entry["stopped-round"] = number
                 entry["stop-reason"] = m.get("reason") or m["status"]
             entry["clamped"] = sorted(set(entry["clamped"]) | set(m.get("clamped", [])))
             entry |= {
                 key: m[key]
-                for key in (
-                    "epsilon-spent",
-                    "epsilon-budget",
-                    "epsilon-left",
-                    "delta",
-                    "noise-multiplier",
-                    "sample-rate",
-                    "status",
-                )
+                for key in ("epsilon-spent", "epsilon-budget", "epsilon-left", "delta", "status")
                 if key in m
             }
             entry["last-round"] = number
