@@ -109,7 +109,7 @@ class FederatedRun:
             else "NON-PRIVATE BASELINE (dp=false): no differential privacy",
             "config": asdict(self.settings),
             "final-round": None if final is None else _round_json(final, self.settings.dp),
-            "sites": _final_site_privacy(self.strategy.rounds),
+            "sites": site_summaries(self.strategy.rounds),
             "versions": {
                 "python": platform.python_version(),
                 "flwr": flwr.__version__ if hasattr(flwr, "__version__") else "",
@@ -135,7 +135,7 @@ def _round_json(rec: RoundRecord, dp: bool) -> dict[str, Any]:
     }
 
 
-def _final_site_privacy(rounds: dict[int, RoundRecord]) -> dict[str, dict[str, Any]]:
+def site_summaries(rounds: dict[int, RoundRecord]) -> dict[str, dict[str, Any]]:
     """Each site's last reported privacy state (lifetime epsilon spent/budget/left, delta),
     sigma and q of its last trained round, the rounds it trained, what its policy clamped, and
     when and why it stopped (if it did)."""

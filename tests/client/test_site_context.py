@@ -1,0 +1,72 @@
+"""client/site_context.py: whose policy a site runs under, in simulation and in deployment."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from flwr.app import Context, RecordDict
+
+from client.site_context import site_from_context
+from common.config import SIMULATED_SITE, ConfigError
+from common.data.registry import load_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def context(node_config: dict, **run: object) -> Context:
+    return Context(
+        run_id=5,
+        node_id=9,
+        node_config=node_config,
+        state=RecordDict(),
+        run_config={**DEFAULTS, **run},
+    )
+
+
+@pytest.fixture
+def site_csv(tmp_path: Path) -> Path:
+    """A hospital's own file with the heart-disease columns."""
+    test = load_dataset("heart-disease")[1]
+    frame = pd.DataFrame(test.features, columns=test.feature_names)
+    frame["label"] = [test.class_names[i] for i in test.labels]
+    path = tmp_path / "hospital.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_a_simulated_site_without_a_table_is_the_researchers(tmp_path):
+    site = site_from_context(context({"partition-id": 2, "num-partitions": 4}))
+    assert site.policy == SIMULATED_SITE and site.policy.allow_non_private
+    assert site.ledger_path.parts[-3:] == ("ledgers", "run-5", f"{site.data.name}.sqlite")
+
+
+def test_a_deployed_site_reads_its_policy_file(tmp_path, site_csv, monkeypatch):
+    monkeypatch.setenv("FEDPRIV_HOME", str(tmp_path / "home"))
+    policy = tmp_path / "policy.toml"
+    policy.write_text('name = "St Elsewhere"\nepsilon-budget = 6.0\nmin-noise-multiplier = 0.9\n')
+    site = site_from_context(
+        context({"data-file": str(site_csv), "policy-file": str(policy)}, **{"run-name": "d"})
+    )
+    assert (site.policy.epsilon_budget, site.policy.min_noise_multiplier) == (6.0, 0.9)
+    assert not site.policy.allow_non_private
+    assert site.data.name == "St Elsewhere" and site.partition_id == -1
+    assert site.ledger_path == tmp_path / "home" / "ledger.sqlite"
+
+
+def test_a_deployed_site_must_set_its_own_budget(site_csv):
+    with pytest.raises(ConfigError, match="no privacy budget: set epsilon-budget"):
+        site_from_context(context({"data-file": str(site_csv)}))
+
+
+def test_a_deployed_site_must_name_its_data():
+    with pytest.raises(ConfigError, match="has no data"):
+        site_from_context(context({"epsilon-budget": 3.0}))
+
+
+def test_a_bad_node_config_is_named(site_csv):
+    with pytest.raises(ConfigError, match="node config: unknown keys"):
+        site_from_context(context({"data-file": str(site_csv), "budget": 3.0}))

@@ -1,0 +1,56 @@
+"""server/run.py: the run summary's per-site account (spent, left, when and why it stopped)."""
+
+from server.run import site_summaries
+from server.strategy import RoundRecord
+
+
+def reply(status: str, spent: float, *, reason: str = "", clamped=(), sigma=1.0, q=0.1) -> dict:
+    return {
+        "status": status,
+        "reason": reason,
+        "clamped": list(clamped),
+        "epsilon-spent": spent,
+        "epsilon-budget": 3.0,
+        "epsilon-left": 3.0 - spent,
+        "delta": 1e-4,
+        "noise-multiplier": sigma if status == "trained" else 0.0,
+        "sample-rate": q,
+    }
+
+
+def test_a_site_that_ran_out_is_summarised_with_the_round_and_reason():
+    out_of_budget = "budget exhausted: 0.4 left"
+    rounds = {
+        0: RoundRecord(0),
+        1: RoundRecord(1, sites={"A": reply("trained", 1.5, clamped=["x 2 -> 1 (cap)"])}),
+        2: RoundRecord(2, sites={"A": reply("trained", 2.6, clamped=["x 2 -> 1 (cap)"])}),
+        3: RoundRecord(3, sites={"A": reply("budget exhausted", 2.6, reason=out_of_budget)}),
+        4: RoundRecord(4, sites={"A": reply("budget exhausted", 2.6, reason="later")}),
+    }
+    (summary,) = site_summaries(rounds).values()
+    assert summary == {
+        "rounds-trained": 2,
+        "last-trained-round": 2,
+        "stopped-round": 3,
+        "stop-reason": out_of_budget,  # the first refusal, not a later one
+        "clamped": ["x 2 -> 1 (cap)"],
+        "epsilon-spent": 2.6,
+        "epsilon-budget": 3.0,
+        "epsilon-left": 3.0 - 2.6,
+        "delta": 1e-4,
+        "noise-multiplier": 1.0,  # of its last trained round
+        "sample-rate": 0.1,
+        "status": "budget exhausted",
+        "last-round": 4,
+    }
+
+
+def test_a_site_that_trains_again_is_not_stopped_and_eval_only_entries_are_skipped():
+    rounds = {
+        1: RoundRecord(1, sites={"A": reply("invalid request", 0.0, reason="bad"), "B": {}}),
+        2: RoundRecord(2, sites={"A": reply("trained", 1.0, sigma=2.0)}),
+    }
+    summaries = site_summaries(rounds)
+    assert set(summaries) == {"A"}
+    assert summaries["A"]["stopped-round"] is None and summaries["A"]["stop-reason"] is None
+    assert (summaries["A"]["rounds-trained"], summaries["A"]["noise-multiplier"]) == (1, 2.0)
