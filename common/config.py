@@ -216,13 +216,17 @@ class SiteSettings:
 SIMULATED_SITE = SiteSettings(allow_non_private=True)
 
 
-def _read_policy_file(file: Path) -> dict[str, Any]:
+def _read_toml(file: Path, what: str) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        return tomllib.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"policy file {file} cannot be read: {err}") from err
+        raise ConfigError(f"{what} {file} cannot be read: {err}") from err
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"policy file {file} is not valid TOML: {err}") from err
+        raise ConfigError(f"{what} {file} is not valid TOML: {err}") from err
+
+
+def _read_policy_file(file: Path) -> dict[str, Any]:
+    raw = _read_toml(file, "policy file")
     _require("policy-file" not in raw, f"policy file {file} must not name another policy-file")
     tables = sorted(k for k, v in raw.items() if isinstance(v, dict))
     _require(not tables, f"policy file {file}: expected flat keys, found tables {tables}")
@@ -232,12 +236,7 @@ def _read_policy_file(file: Path) -> dict[str, Any]:
 def load_sites_file(path: str | Path) -> dict[int, SiteSettings]:
     """Per-site settings for a simulation: a TOML file of ``[site.N]`` tables (N = partition id)."""
     file = Path(path)
-    try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"sites file {file} cannot be read: {err}") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"sites file {file} is not valid TOML: {err}") from err
+    raw = _read_toml(file, "sites file")
     unknown = set(raw) - {"site", "run", "simulation"}  # a simulation config may hold all three
     _require(not unknown, f"sites file {file}: unknown top-level keys {sorted(unknown)}")
     tables = raw.get("site", {})
