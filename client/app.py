@@ -30,9 +30,7 @@ def train(msg: Message, context: Context) -> Message:
     spend, reply arrays + metrics + the site's decision (or a refusal with its reason)."""
     site = site_from_context(context)
     config = dict(msg.content[CONFIG]) if CONFIG in msg.content else {}
-    reply = run_train_round(
-        site, from_array_record(msg.content[ARRAYS]), str(msg.metadata.run_id), config
-    )
+    reply = run_train_round(site, from_array_record(msg.content[ARRAYS]), config)
     content = RecordDict(
         {METRICS: MetricRecord(reply.metrics), DECISION: ConfigRecord(reply.decision)}
     )

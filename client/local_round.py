@@ -73,9 +73,10 @@ class RoundReply:
 
 
 def run_train_round(
-    site: Site, weights: dict[str, np.ndarray], run_id: str, config: Mapping[str, Any]
+    site: Site, weights: dict[str, np.ndarray], config: Mapping[str, Any]
 ) -> RoundReply:
-    """Read the server's request, apply the site's policy, train one round if allowed."""
+    """Read the server's request, apply the site's policy, train one round if allowed. The
+    run's plan and rounds are kept in the ledger under the request's run key."""
     n = len(site.data.train)
     base: Metrics = {"partition-id": site.partition_id}
     try:
@@ -83,8 +84,9 @@ def run_train_round(
     except RequestError as err:
         reason = f"invalid request: {err}"
         log.warning("site %s: %s", site.data.name, reason)
-        state = _ledger_state(site, run_id, n, site.settings.target_epsilon)
+        state = _ledger_state(site, None, n, site.settings.target_epsilon)
         return _refusal(base | state, INVALID_REQUEST, reason)
+    run_id = request.run_key
     q = sample_rate(n, request.batch_size)
     steps = request.local_steps or steps_per_epoch(n, request.batch_size) * request.local_epochs
     base |= {"sample-rate": q, "dp": int(request.dp)}
@@ -159,7 +161,7 @@ def run_train_round(
 
 def _ledger_state(
     site: Site,
-    run_id: str,
+    run_id: str | None,
     num_records: int,
     requested_epsilon: float,
     ledger: PrivacyLedger | None = None,
@@ -170,14 +172,14 @@ def _ledger_state(
     owned = ledger is None
     ledger = ledger or PrivacyLedger(site.ledger_path)
     try:
-        plan = ledger.run_plan(fingerprint, run_id)
+        plan = None if run_id is None else ledger.run_plan(fingerprint, run_id)
         if plan is not None:
             delta, accountant = plan.delta, plan.accountant
         else:
             delta = site_delta(site.policy, site.settings.target_delta, num_records)
             accountant = site.settings.accountant
         spent = ledger.epsilon_spent(fingerprint, delta, accountant)
-        rounds = ledger.rounds_recorded(fingerprint, run_id)
+        rounds = 0 if run_id is None else ledger.rounds_recorded(fingerprint, run_id)
     finally:
         if owned:
             ledger.close()

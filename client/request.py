@@ -21,6 +21,7 @@ MAX_LOCAL_STEPS = 1_000_000
 MAX_BATCH_SIZE = 10_000_000
 MAX_ROUNDS = 100_000
 MAX_LEARNING_RATE = 1e3
+MAX_RUN_KEY = 200  # characters
 
 
 class RequestError(ValueError):
@@ -31,11 +32,13 @@ class RequestError(ValueError):
 class TrainRequest:
     """What the server asks of a site for one round.
 
+    run_key: the run's name as the site keys its plan and rounds (a resumed run keeps it);
     noise_multiplier: sigma asked for (0 = calibrate sigma to target_epsilon for the whole run);
     max_grad_norm: C; target_epsilon: what the run may cost the site; local_steps: 0 = epochs.
     """
 
     server_round: int
+    run_key: str
     num_server_rounds: int
     dp: bool
     target_epsilon: float
@@ -64,10 +67,11 @@ class TrainRequest:
         return request
 
     @staticmethod
-    def of_run(settings: RunSettings) -> dict[str, Any]:
+    def of_run(settings: RunSettings, run_key: str) -> dict[str, Any]:
         """The request an honest server sends for ``settings`` (without server-round, which
         Flower's strategy adds each round)."""
         return {
+            "run-key": run_key,
             "num-server-rounds": settings.num_server_rounds,
             "dp": settings.dp,
             "target-epsilon": settings.target_epsilon,
@@ -83,6 +87,7 @@ class TrainRequest:
 # key -> (type, lowest, highest, lowest allowed exclusive?)
 REQUEST_KEYS: dict[str, tuple[type, float, float, bool]] = {
     "server-round": (int, 1, MAX_ROUNDS, False),
+    "run-key": (str, 1, MAX_RUN_KEY, False),
     "num-server-rounds": (int, 1, MAX_ROUNDS, False),
     "dp": (bool, 0, 1, False),
     "target-epsilon": (float, 0, MAX_TARGET_EPSILON, True),
@@ -97,6 +102,10 @@ _NAMES = [(key, key.replace("-", "_")) for key in REQUEST_KEYS]
 
 
 def _checked(key: str, value: Any, kind: type, low: float, high: float, open_low: bool) -> Any:
+    if kind is str:
+        if not isinstance(value, str) or not low <= len(value) <= high or not value.isprintable():
+            raise RequestError(f"{key} must be 1 to {high:g} printable characters, got {value!r}")
+        return value
     if kind is bool:
         if not isinstance(value, bool):
             raise RequestError(f"{key} must be true or false, got {value!r}")

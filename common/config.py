@@ -66,9 +66,11 @@ class RunSettings:
     min_train_nodes: int = 2
     fraction_evaluate: float = 1.0
     min_evaluate_nodes: int = 2
+    round_timeout: float = 3600.0
     sites_file: str = ""
     results_dir: str = "results"
     run_name: str = ""
+    resume: bool = False
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
@@ -128,6 +130,14 @@ class RunSettings:
         _require(0 <= self.fraction_evaluate <= 1, "fraction-evaluate must be in [0, 1]")
         _require(self.min_train_nodes >= 1, "min-train-nodes must be >= 1")
         _require(self.min_evaluate_nodes >= 0, "min-evaluate-nodes must be >= 0")
+        _require(
+            _positive(self.round_timeout),
+            f"round-timeout must be a finite number of seconds > 0, got {self.round_timeout}",
+        )
+        _require(
+            not self.resume or bool(self.run_name),
+            "resume=true needs the run-name of the run to resume",
+        )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunSettings
-from common.protocol import to_array_record
 from server.run import FederatedRun
 from server.strategy import RunStopped
 
@@ -23,11 +22,16 @@ def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(context.run_config)
     run_name = settings.run_name or time.strftime("%Y%m%d-%H%M%S") + f"-{context.run_id}"
     with FederatedRun(settings, run_name, context.run_id) as run:
+        start = run.start_weights()
+        if run.remaining_rounds <= 0:  # resumed after the last round's checkpoint
+            run.finish(start)
+            return
         try:
             result = run.strategy.start(
                 grid=grid,
-                initial_arrays=to_array_record(run.initial_weights()),
-                num_rounds=settings.num_server_rounds,
+                initial_arrays=start,
+                num_rounds=run.remaining_rounds,
+                timeout=settings.round_timeout,
                 train_config=ConfigRecord(run.requested_training()),
                 evaluate_fn=run.end_of_round,
             )

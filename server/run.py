@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import platform
+import time
 from dataclasses import asdict
-from logging import INFO
+from logging import INFO, WARNING
 from types import TracebackType
 from typing import Any
 
@@ -23,8 +24,9 @@ from common.data.partition import natural_partition_values
 from common.data.registry import load_dataset
 from common.models.save import save_model
 from common.models.weights import load_trainable_state, trainable_state
-from common.protocol import from_array_record
+from common.protocol import from_array_record, to_array_record
 from common.task import build_model, pick_device, to_tensors
+from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server.progress import format_round
 from server.results import RunResults
 from server.strategy import PrivacyAwareFedAvg, RoundRecord
@@ -32,12 +34,27 @@ from server.strategy import PrivacyAwareFedAvg, RoundRecord
 
 class FederatedRun:
     """Holds the server's model and results for one run; use as a context manager so a failed
-    run leaves no partial results folder behind."""
+    run leaves no partial results folder behind (unless it can be resumed from a checkpoint).
+
+    After every round the global model, the round number and every round's records are
+    checkpointed in the partial results folder; ``resume=true`` continues from there.
+    """
 
     def __init__(self, settings: RunSettings, run_name: str, run_id: int) -> None:
         self.settings = settings
         self.run_name = run_name
         self.run_id = run_id
+        self.results = RunResults(settings.results_dir, run_name, resume=settings.resume)
+        try:
+            self._prepare(settings, run_id)
+        except BaseException:
+            self.results.abort()
+            raise
+
+    def _prepare(self, settings: RunSettings, run_id: int) -> None:
+        self.checkpoint = load_checkpoint(self.results.path) if settings.resume else None
+        if self.checkpoint is not None:
+            _check_same_run(self.checkpoint.settings, settings)
         self.device = pick_device()
         pool, test = load_dataset(settings.dataset, settings.seed)
         self.model, self.tokenizer = build_model(settings, test, self.device)
@@ -51,16 +68,36 @@ class FederatedRun:
         )
         by = settings.partition_by if settings.partitioner == "natural" else ""
         names = dict(enumerate(natural_partition_values(pool, by))) if by else {}
+        done = self.checkpoint.completed_round if self.checkpoint else 0
         self.strategy = PrivacyAwareFedAvg(
             site_names=names,
+            round_offset=done,
             fraction_train=settings.fraction_train,
             min_train_nodes=settings.min_train_nodes,
             min_available_nodes=settings.min_train_nodes,
             fraction_evaluate=settings.fraction_evaluate,
             min_evaluate_nodes=settings.min_evaluate_nodes,
         )
-        self.results = RunResults(settings.results_dir, run_name)
+        if self.checkpoint is not None:
+            self.strategy.rounds = dict(self.checkpoint.rounds)
+            self.run_key = self.checkpoint.run_key
+            self.flower_run_ids = [*self.checkpoint.flower_run_ids, run_id]
+            self.started = self.checkpoint.started
+            log(INFO, "Resuming run %s after round %s", self.run_name, done)
+        else:
+            self.run_key = f"{self.run_name}@{run_id}"  # sites key this run's privacy plan by it
+            self.flower_run_ids = [run_id]
+            self.started = time.time()
         self.latest_arrays: ArrayRecord | None = None
+
+    @property
+    def completed_rounds(self) -> int:
+        """Rounds already done before this process started (0 unless resumed)."""
+        return self.strategy.round_offset
+
+    @property
+    def remaining_rounds(self) -> int:
+        return self.settings.num_server_rounds - self.completed_rounds
 
     def __enter__(self) -> FederatedRun:
         return self
@@ -68,29 +105,64 @@ class FederatedRun:
     def __exit__(
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if err is not None:
-            self.results.abort()
+        if err is not None and self.results.abort():
+            log(
+                WARNING,
+                "The run failed; its checkpoint is kept in %s: continue it with "
+                "--run-config \"resume=true run-name='%s'\"",
+                self.results.path,
+                self.run_name,
+            )
 
-    def initial_weights(self) -> dict[str, np.ndarray]:
-        """The trainable parameters every site starts from (LoRA: adapters + head only)."""
-        return trainable_state(self.model)
+    def start_weights(self) -> ArrayRecord:
+        """The global model to start from: the checkpoint's when resuming, else the
+        initial trainable parameters (LoRA: adapters + head only)."""
+        if self.checkpoint is not None:
+            self.latest_arrays = to_array_record(self.checkpoint.arrays)
+        else:
+            self.latest_arrays = to_array_record(trainable_state(self.model))
+        return self.latest_arrays
 
     def requested_training(self) -> dict[str, Any]:
         """What the server asks of the sites each round (the site may clamp or refuse)."""
-        return TrainRequest.of_run(self.settings)
+        return TrainRequest.of_run(self.settings, self.run_key)
 
-    def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+    def end_of_round(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Called by the strategy after each round (and for round 0): server-side evaluation,
-        one metrics line, one progress line."""
+        checkpoint, metrics file, one progress line."""
+        server_round = flower_round + self.completed_rounds
         rec = self.strategy.record(server_round)
         self.latest_arrays = arrays
+        if flower_round == 0 and self.checkpoint is not None:
+            return MetricRecord(rec.server_eval) if rec.server_eval else None  # done before
         if self.test_tensors is not None:
             load_trainable_state(self.model, from_array_record(arrays))
             result = evaluate(self.model, self.test_tensors, device=self.device)
             rec.server_eval = {"loss": result.loss, "accuracy": result.accuracy}
-        self.results.append_round(_round_json(rec, self.settings.dp))
+        self.save_checkpoint(server_round, arrays)
+        self.results.write_rounds(
+            [
+                _round_json(self.strategy.rounds[r], self.settings.dp)
+                for r in sorted(self.strategy.rounds)
+            ]
+        )
         log(INFO, format_round(rec, self.settings.num_server_rounds, self.settings.dp))
         return MetricRecord(rec.server_eval) if rec.server_eval else None
+
+    def save_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Persist the global model after ``server_round`` with every round's records."""
+        save_checkpoint(
+            self.results.path,
+            Checkpoint(
+                completed_round=server_round,
+                arrays=from_array_record(arrays),
+                rounds=self.strategy.rounds,
+                run_key=self.run_key,
+                settings=_resumable_settings(self.settings),
+                flower_run_ids=self.flower_run_ids,
+                started=self.started,
+            ),
+        )
 
     def finish(self, arrays: ArrayRecord, stopped_early: str = "") -> None:
         """Save the final global model and the summary; publish the results folder."""
@@ -104,6 +176,8 @@ class FederatedRun:
             "stopped-early": stopped_early or None,
             "run-name": self.run_name,
             "run-id": self.run_id,
+            "flower-run-ids": self.flower_run_ids,  # more than one: the run was resumed
+            "run-key": self.run_key,
             "privacy": "sample-level DP-SGD (Opacus) at each site"
             if self.settings.dp
             else "NON-PRIVATE BASELINE (dp=false): no differential privacy",
@@ -122,6 +196,21 @@ class FederatedRun:
         log(INFO, "Results written to %s", path)
 
 
+def _resumable_settings(settings: RunSettings) -> dict[str, Any]:
+    """The settings a resumed run must share with the run it continues (all but resume)."""
+    return {k: v for k, v in asdict(settings).items() if k != "resume"}
+
+
+def _check_same_run(saved: dict[str, Any], settings: RunSettings) -> None:
+    now = _resumable_settings(settings)
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise CheckpointError(
+            f"resume needs the configuration of the run it continues; changed: {details}"
+        )
+
+
 def _round_json(rec: RoundRecord, dp: bool) -> dict[str, Any]:
     return {
         "round": rec.server_round,
@@ -132,6 +221,7 @@ def _round_json(rec: RoundRecord, dp: bool) -> dict[str, Any]:
         "server-eval": rec.server_eval,
         "sites": rec.sites,
         "failures": rec.failures,
+        "dropped": rec.dropped,
     }
 
 
@@ -141,6 +231,11 @@ def site_summaries(rounds: dict[int, RoundRecord]) -> dict[str, dict[str, Any]]:
     when and why it stopped (if it did)."""
     out: dict[str, dict[str, Any]] = {}
     for number in sorted(rounds):
+        for site in rounds[number].dropped:
+            entry = out.setdefault(
+                site, {"rounds-trained": 0, "last-trained-round": None, "clamped": []}
+            )
+            entry.setdefault("dropped-rounds", []).append(number)
         for site, m in rounds[number].sites.items():
             if "status" not in m:
                 continue  # an evaluation-only entry

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common.protocol import ARRAYS, DECISION, METRICS, STATUS_NAMES, TRAINED
@@ -33,6 +35,7 @@ class RoundRecord:
     federated_eval: dict[str, float] = field(default_factory=dict)
     server_eval: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # sites that did not reply in time
     trained_sites: int = 0
 
 
@@ -44,10 +47,41 @@ class PrivacyAwareFedAvg(FedAvg):
     site_names: optional partition-id -> display name (e.g. the hospital in simulation).
     """
 
-    def __init__(self, *, site_names: dict[int, str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, site_names: dict[int, str] | None = None, round_offset: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.site_names = site_names or {}
         self.rounds: dict[int, RoundRecord] = {}
+        # A resumed run: Flower's loop counts from 1 again; rounds on the wire and in the
+        # records continue from the checkpoint (round_offset = rounds already completed).
+        self.round_offset = round_offset
+        self.node_labels: dict[int, str] = {}  # node id -> site label, learnt from replies
+        self._sent: dict[int, list[Message]] = {}  # round -> the train messages sent
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(
+            super().configure_train(server_round + self.round_offset, arrays, config, grid)
+        )
+        self._sent[server_round + self.round_offset] = messages  # the Grid sets their ids
+        return messages
+
+    def _replier(self, server_round: int, msg: Message) -> int:
+        """The site a reply is about. A SuperLink's own error reply (e.g. "Node Unavailable")
+        comes from the SuperLink, so map it back through the message it answers."""
+        for sent in self._sent.get(server_round, []):
+            if sent.metadata.message_id and sent.metadata.message_id == (
+                msg.metadata.reply_to_message_id
+            ):
+                return sent.metadata.dst_node_id
+        return msg.metadata.src_node_id
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
 
     def record(self, server_round: int) -> RoundRecord:
         return self.rounds.setdefault(server_round, RoundRecord(server_round))
@@ -62,16 +96,30 @@ class PrivacyAwareFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         rec = self.record(server_round)
         trained: list[Message] = []
+        replies = list(replies)
+        answered = {self._replier(server_round, msg) for msg in replies}
+        for node in (m.metadata.dst_node_id for m in self._sent.get(server_round, [])):
+            if node not in answered:  # a site that dropped out: no reply within the timeout
+                label = self.node_labels.get(node, f"node-{node}")
+                rec.dropped.append(label)
+                rec.failures.append(f"{label}: no reply within the round timeout (dropped out)")
         for msg in replies:
+            node = self._replier(server_round, msg)
             label = (
-                self.site_label(msg) if msg.has_content() else f"node-{msg.metadata.src_node_id}"
+                self.site_label(msg)
+                if msg.has_content()
+                else self.node_labels.get(node, f"node-{node}")
             )
             if msg.has_error():
                 rec.failures.append(f"{label}: {msg.error.reason}")
+                if msg.error.code == ErrorCode.NODE_UNAVAILABLE:  # missed its heartbeats
+                    rec.dropped.append(label)
                 continue
             metrics = dict(msg.content[METRICS])
+            self.node_labels[msg.metadata.src_node_id] = label
             status = int(metrics.get("status", TRAINED))
             decision = dict(msg.content[DECISION]) if DECISION in msg.content else {}
             rec.sites[label] = {
@@ -110,6 +158,7 @@ class PrivacyAwareFedAvg(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        server_round += self.round_offset
         replies = list(replies)
         rec = self.record(server_round)
         for msg in replies:

@@ -51,7 +51,7 @@ def main(sites_file: str, results: str, run_id: str, server_round: str, rounds: 
     )
     settings = RunSettings.from_run_config(run_config)
     model, _ = build_model(settings, load_dataset(settings.dataset)[1], "cpu")
-    config = {"server-round": int(server_round), **TrainRequest.of_run(settings)}
+    config = {"server-round": int(server_round), **TrainRequest.of_run(settings, f"run-{run_id}")}
     message = Message(
         content=RecordDict(
             {"arrays": to_array_record(trainable_state(model)), "config": ConfigRecord(config)}

@@ -42,7 +42,7 @@ def _message(
     overriding what it asks (keys as on the wire)."""
     settings = RunSettings.from_run_config(context.run_config)
     model, _ = build_model(settings, load_dataset(settings.dataset)[1], "cpu")
-    config = {"server-round": server_round, **TrainRequest.of_run(settings), **request}
+    config = {"server-round": server_round, **TrainRequest.of_run(settings, "run-7"), **request}
     content = RecordDict(
         {
             "arrays": to_array_record(trainable_state(model)),

@@ -18,7 +18,7 @@ from common.protocol import NON_PRIVATE_REFUSED, ROUND_LIMIT
 
 
 def request(**overrides) -> TrainRequest:
-    config = {"server-round": 1, **TrainRequest.of_run(RunSettings())}
+    config = {"server-round": 1, **TrainRequest.of_run(RunSettings(), "run-1")}
     return TrainRequest.from_config(config | overrides)
 
 

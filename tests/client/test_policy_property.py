@@ -45,6 +45,7 @@ POLICIES = st.builds(
 )
 VALID_REQUESTS = st.fixed_dictionaries(
     {
+        "run-key": st.just("run"),
         "num-server-rounds": st.integers(4, 8),
         "dp": st.sampled_from([True, True, True, False]),
         "target-epsilon": st.sampled_from([0.5, 1.0, 3.0, 8.0, 50.0]),
@@ -124,6 +125,8 @@ def test_no_policy_and_no_request_takes_a_site_over_its_budget(policy, rounds, r
 def _decide(ledger: PrivacyLedger, policy: SiteSettings, run_id: str, number: int, config: dict):
     """The site's decision path of ``client.local_round.run_train_round`` up to training."""
     config = {"server-round": number, **config}
+    if config["run-key"] == "run":
+        config["run-key"] = run_id
     try:
         request = TrainRequest.from_config(config)
     except RequestError as err:
@@ -140,7 +143,7 @@ def _decide(ledger: PrivacyLedger, policy: SiteSettings, run_id: str, number: in
         grant = authorize_round(
             ledger,
             FP,
-            run_id,
+            request.run_key,
             request.server_round,
             request,
             policy,

@@ -19,6 +19,7 @@ NO_POLICY = SiteSettings()
 def request(**overrides) -> TrainRequest:
     values = {
         "server_round": 1,
+        "run_key": "run-1",
         "num_server_rounds": 4,
         "dp": True,
         "target_epsilon": 2.0,

@@ -7,14 +7,15 @@ import pytest
 from client.request import RequestError, TrainRequest
 from common.config import RunSettings
 
-GOOD = {"server-round": 1, **TrainRequest.of_run(RunSettings())}
+GOOD = {"server-round": 1, **TrainRequest.of_run(RunSettings(), "run-1")}
 
 
 def test_an_honest_servers_request_parses_to_the_run_settings():
     settings = RunSettings(num_server_rounds=5, noise_multiplier=1.5, batch_size=64)
-    request = TrainRequest.from_config({"server-round": 3, **TrainRequest.of_run(settings)})
+    request = TrainRequest.from_config({"server-round": 3, **TrainRequest.of_run(settings, "r")})
     assert request == TrainRequest(
         server_round=3,
+        run_key="r",
         num_server_rounds=5,
         dp=True,
         target_epsilon=settings.target_epsilon,
@@ -52,6 +53,10 @@ def test_integers_are_accepted_for_float_keys():
         ("dp", 1, "dp must be true or false"),
         ("batch-size", True, "batch-size must be a number"),
         ("target-epsilon", "8", "target-epsilon must be a number"),
+        ("run-key", "", "run-key must be 1 to 200 printable characters"),
+        ("run-key", "x" * 201, "run-key must be 1 to 200"),
+        ("run-key", "a\nb", "run-key must be 1 to 200 printable"),
+        ("run-key", 7, "run-key must be 1 to 200"),
     ],
 )
 def test_a_malformed_value_is_refused_naming_the_key(key, value, says):

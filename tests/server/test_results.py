@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from server.results import METRICS_FILE, SUMMARY_FILE, RunResults
+from server.results import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, RunResults
 
 
 def test_writes_into_a_partial_folder_until_finished(tmp_path):
@@ -19,11 +19,15 @@ def test_writes_into_a_partial_folder_until_finished(tmp_path):
     assert results.model_dir == results.path / "model"
 
 
-def test_append_round_writes_one_json_line_per_round_with_nan_as_null(tmp_path):
+def test_write_rounds_writes_one_json_line_per_round_with_nan_as_null(tmp_path):
     results = RunResults(tmp_path, "run")
-    results.append_round({"round": 1, "loss": 0.5, "sites": {"A": {"eps": math.nan}}})
-    results.append_round(
-        {"round": 2, "loss": math.inf, "acc": np.float32(0.75), "n": np.int64(3), "l": (1, 2)}
+    first = {"round": 1, "loss": 0.5, "sites": {"A": {"eps": math.nan}}}
+    results.write_rounds([first])
+    results.write_rounds(
+        [
+            first,
+            {"round": 2, "loss": math.inf, "acc": np.float32(0.75), "n": np.int64(3), "l": (1, 2)},
+        ]
     )
     lines = (results.path / METRICS_FILE).read_text().splitlines()
     assert len(lines) == 2
@@ -35,7 +39,7 @@ def test_append_round_writes_one_json_line_per_round_with_nan_as_null(tmp_path):
 
 def test_metrics_can_be_read_while_the_run_goes(tmp_path):
     results = RunResults(tmp_path, "run")
-    results.append_round({"round": 1})
+    results.write_rounds([{"round": 1}])
     assert json.loads((results.path / METRICS_FILE).read_text()) == {"round": 1}
 
 
@@ -43,7 +47,8 @@ def test_finish_publishes_the_folder_and_writes_the_summary(tmp_path, monkeypatc
     clock = iter([1000.0, 1012.345])
     monkeypatch.setattr("server.results.time", SimpleNamespace(time=lambda: next(clock)))
     results = RunResults(tmp_path, "run")
-    results.append_round({"round": 1, "loss": 0.25})
+    results.write_rounds([{"round": 1, "loss": 0.25}])
+    (results.path / CHECKPOINT_FILE).write_bytes(b"c")
     results.model_dir.mkdir()
     (results.model_dir / "weights.bin").write_bytes(b"w")
 
@@ -60,10 +65,29 @@ def test_finish_publishes_the_folder_and_writes_the_summary(tmp_path, monkeypatc
 
 def test_abort_removes_the_partial_folder(tmp_path):
     results = RunResults(tmp_path, "run")
-    results.append_round({"round": 1})
-    results.abort()
+    results.write_rounds([{"round": 1}])
+    assert results.abort() is False
     assert list(tmp_path.iterdir()) == []
     results.abort()  # twice is harmless
+
+
+def test_abort_keeps_a_folder_that_can_be_resumed(tmp_path):
+    results = RunResults(tmp_path, "run")
+    (results.path / CHECKPOINT_FILE).write_bytes(b"c")
+    assert results.abort() is True
+    assert (results.path / CHECKPOINT_FILE).is_file()
+
+
+def test_resume_needs_a_checkpoint_and_a_fresh_run_does_not_overwrite_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        RunResults(tmp_path, "run", resume=True)
+    results = RunResults(tmp_path, "run")
+    results.write_rounds([{"round": 1}])
+    (results.path / CHECKPOINT_FILE).write_bytes(b"c")
+    with pytest.raises(FileExistsError, match="resume it"):
+        RunResults(tmp_path, "run")
+    resumed = RunResults(tmp_path, "run", resume=True)
+    assert (resumed.path / METRICS_FILE).is_file()  # kept for the resumed run
 
 
 def test_existing_final_folder_is_refused_and_nothing_is_created(tmp_path):

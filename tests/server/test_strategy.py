@@ -18,6 +18,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.common.constant import ErrorCode
 
 from common.protocol import (
     ARRAYS,
@@ -278,3 +279,85 @@ def test_aggregate_evaluate_alone_creates_site_records_without_status():
     rec = s.rounds[2]
     assert rec.sites == {"node-5": {"eval-loss": 0.4, "eval-accuracy": 0.5}}
     assert rec.federated_eval == {"eval-loss": 0.4, "eval-accuracy": 0.5}
+
+
+@pytest.fixture
+def in_a_run(monkeypatch):
+    """Messages a ServerApp builds take their run id from the process's task identity."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+class FakeGrid:
+    """What FedAvg's node sampling asks of a Grid: the connected node ids."""
+
+    def __init__(self, node_ids: list[int]) -> None:
+        self.node_ids = node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return self.node_ids
+
+
+def test_a_site_that_does_not_reply_is_recorded_as_dropped_out_by_name(in_a_run):
+    s = strategy(min_train_nodes=2)
+    grid = FakeGrid([11, 12, 13])
+    arrays = ArrayRecord({"layer.bias": Array(np.zeros(2, np.float32))})
+    s.configure_train(1, arrays, ConfigRecord(), grid)
+    first = [
+        trained(n, 10, pid, w([1.0, 2.0], [[1.0, 0.0]])) for n, pid in ((11, 0), (12, 1), (13, 2))
+    ]
+    s.aggregate_train(1, first)
+    s.configure_train(2, arrays, ConfigRecord(), grid)
+    s.aggregate_train(2, [first[0], first[2]])  # Hungary (node 12) was killed mid-round
+    rec = s.rounds[2]
+    assert rec.dropped == ["Hungary"] and rec.trained_sites == 2
+    assert rec.failures == ["Hungary: no reply within the round timeout (dropped out)"]
+    assert s.rounds[1].dropped == []
+
+
+def test_too_few_replies_after_dropouts_fail_the_round_with_the_reason(in_a_run):
+    s = strategy(min_train_nodes=2)
+    s.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid([11, 12]))
+    with pytest.raises(RoundFailed, match="node-12: no reply within the round timeout"):
+        s.aggregate_train(1, [trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]]))])
+
+
+def test_a_resumed_run_numbers_its_rounds_after_the_checkpoint(in_a_run):
+    s = PrivacyAwareFedAvg(
+        site_names=NAMES,
+        round_offset=3,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=1,
+    )
+    (message,) = s.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid([11]))
+    assert message.content["config"]["server-round"] == 4  # Flower's round 1 is our round 4
+    (evaluate,) = s.configure_evaluate(1, ArrayRecord(), ConfigRecord(), FakeGrid([11]))
+    assert evaluate.content["config"]["server-round"] == 4
+    s.aggregate_train(1, [trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]]))])
+    s.aggregate_evaluate(1, [evaluated(11, 5, 0, 0.5, 0.8)])
+    assert list(s.rounds) == [4] and s.rounds[4].trained_sites == 1
+
+
+def test_a_superlink_error_reply_is_charged_to_the_node_it_is_about(in_a_run):
+    s = strategy(min_train_nodes=2)
+    grid = FakeGrid([11, 12, 13])
+    sites = ((11, 0), (12, 1), (13, 2))
+    s.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+    s.aggregate_train(1, [trained(n, 10, pid, w([1.0, 2.0], [[1.0, 0.0]])) for n, pid in sites])
+    sent = list(s.configure_train(2, ArrayRecord(), ConfigRecord(), grid))
+    for i, message in enumerate(sent):  # what the Grid does when it pushes them
+        message.metadata.__dict__["_message_id"] = f"m-{i}"
+    to_hungary = next(m for m in sent if m.metadata.dst_node_id == 12)
+    unavailable = Message(  # from the SuperLink (node 1), not node 12
+        error=Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Node Unavailable"),
+        metadata=metadata(1),
+    )
+    unavailable.metadata.__dict__["_reply_to_message_id"] = to_hungary.metadata.message_id
+    replies = [trained(n, 10, pid, w([1.0, 2.0], [[1.0, 0.0]])) for n, pid in (sites[0], sites[2])]
+    s.aggregate_train(2, [*replies, unavailable])
+    assert s.rounds[2].failures == ["Hungary: Node Unavailable"]  # once, and by its name
+    assert s.rounds[2].dropped == ["Hungary"]
