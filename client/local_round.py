@@ -85,7 +85,7 @@ def run_train_round(
         reason = f"invalid request: {err}"
         log.warning("site %s: %s", site.data.name, reason)
         state = _ledger_state(site, None, n, site.settings.target_epsilon)
-        return _refusal(base | state, INVALID_REQUEST, reason)
+        return _refusal(site, base | state, INVALID_REQUEST, reason)
     run_id = request.run_key
     q = sample_rate(n, request.batch_size)
     steps = request.local_steps or steps_per_epoch(n, request.batch_size) * request.local_epochs
@@ -94,7 +94,7 @@ def run_train_round(
         check_non_private(request, site.policy)
     except RoundRefused as refusal:
         state = _ledger_state(site, run_id, n, request.target_epsilon)
-        return _refusal(base | state, refusal.status, str(refusal))
+        return _refusal(site, base | state, refusal.status, str(refusal))
     model, tensors, truncated = site_model(site, weights, "train")
     base["truncated-texts"] = truncated
     if not request.dp:  # the policy allows it; the ledger learns the data lost its DP bound
@@ -105,7 +105,7 @@ def run_train_round(
             ledger.record_non_private(fingerprint, run_id, request.server_round)
         budget = site.policy.epsilon_budget or request.target_epsilon
         metrics = _metrics(base, result, (math.inf, budget, 0.0), rounds_trained=0)
-        return RoundReply(trainable_state(model), metrics, _decision(TRAINED, "", ()))
+        return RoundReply(trainable_state(model), metrics, _decision(site, TRAINED, "", ()))
 
     fingerprint = _fingerprint(site.data.train)
     with PrivacyLedger(site.ledger_path) as ledger:
@@ -127,7 +127,7 @@ def run_train_round(
         except RoundRefused as refusal:
             log.warning("site %s round %s: %s", site.data.name, request.server_round, refusal)
             state = _ledger_state(site, run_id, n, request.target_epsilon, ledger)
-            return _refusal(base | state, refusal.status, str(refusal))
+            return _refusal(site, base | state, refusal.status, str(refusal))
         dp = DpSgdSettings(grant.release.noise_multiplier, grant.max_grad_norm)
         try:
             result = _train(site, request, model, tensors, dp)
@@ -156,7 +156,7 @@ def run_train_round(
     metrics = _metrics(
         base, result, (spent, grant.epsilon_budget, grant.delta), rounds_trained=rounds_trained
     )
-    return RoundReply(trainable_state(model), metrics, _decision(TRAINED, "", grant.clamps))
+    return RoundReply(trainable_state(model), metrics, _decision(site, TRAINED, "", grant.clamps))
 
 
 def _ledger_state(
@@ -192,14 +192,21 @@ def _ledger_state(
     }
 
 
-def _refusal(base: Metrics, status: int, reason: str) -> RoundReply:
+def _refusal(site: Site, base: Metrics, status: int, reason: str) -> RoundReply:
     """A refusal: no arrays, zero counts, the site's privacy state and the reason."""
     metrics = {key: 0 for key in TRAIN_METRIC_KEYS} | base | {"status": status}
-    return RoundReply(None, metrics, _decision(status, reason, ()))
+    return RoundReply(None, metrics, _decision(site, status, reason, ()))
 
 
-def _decision(status: int, reason: str, clamps: Iterable[Clamp]) -> dict[str, str | list[str]]:
-    return {"status": STATUS_NAMES[status], "reason": reason, "clamped": [str(c) for c in clamps]}
+def _decision(
+    site: Site, status: int, reason: str, clamps: Iterable[Clamp]
+) -> dict[str, str | list[str]]:
+    return {
+        "site": site.data.name,  # the site's own display name, for the coordinator's reports
+        "status": STATUS_NAMES[status],
+        "reason": reason,
+        "clamped": [str(c) for c in clamps],
+    }
 
 
 def _train(

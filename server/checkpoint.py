@@ -40,6 +40,7 @@ class Checkpoint:
     settings: dict[str, Any]
     flower_run_ids: list[int] = field(default_factory=list)
     started: float = 0.0
+    resumed: list[dict[str, Any]] = field(default_factory=list)
 
 
 def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> Path:
@@ -51,6 +52,7 @@ def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> Path:
         "settings": checkpoint.settings,
         "flower-run-ids": checkpoint.flower_run_ids,
         "started": checkpoint.started,
+        "resumed": checkpoint.resumed,
     }
     buffer = io.BytesIO()
     state_bytes = np.frombuffer(json.dumps(state, default=_plain).encode(), dtype=np.uint8)
@@ -83,6 +85,7 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
             settings=dict(state["settings"]),
             flower_run_ids=[int(i) for i in state["flower-run-ids"]],
             started=float(state["started"]),
+            resumed=list(state.get("resumed", [])),
         )
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"checkpoint {path} is damaged ({err}); cannot resume") from err

@@ -23,7 +23,7 @@ from common.config import RunSettings
 from common.data.partition import natural_partition_values
 from common.data.registry import load_dataset
 from common.models.save import save_model
-from common.models.weights import load_trainable_state, trainable_state
+from common.models.weights import load_trainable_state, trainable_state, weights_digest
 from common.protocol import from_array_record, to_array_record
 from common.task import build_model, pick_device, to_tensors
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
@@ -82,11 +82,13 @@ class FederatedRun:
             self.strategy.rounds = dict(self.checkpoint.rounds)
             self.run_key = self.checkpoint.run_key
             self.flower_run_ids = [*self.checkpoint.flower_run_ids, run_id]
+            self.resumed = list(self.checkpoint.resumed)
             self.started = self.checkpoint.started
             log(INFO, "Resuming run %s after round %s", self.run_name, done)
         else:
             self.run_key = f"{self.run_name}@{run_id}"  # sites key this run's privacy plan by it
             self.flower_run_ids = [run_id]
+            self.resumed: list[dict[str, Any]] = []
             self.started = time.time()
         self.latest_arrays: ArrayRecord | None = None
 
@@ -115,12 +117,26 @@ class FederatedRun:
             )
 
     def start_weights(self) -> ArrayRecord:
-        """The global model to start from: the checkpoint's when resuming, else the
-        initial trainable parameters (LoRA: adapters + head only)."""
-        if self.checkpoint is not None:
-            self.latest_arrays = to_array_record(self.checkpoint.arrays)
-        else:
+        """The global model to start from: the checkpoint's when resuming (checked against
+        the digest recorded for its round), else the initial trainable parameters."""
+        self._round_started = time.time()
+        if self.checkpoint is None:
             self.latest_arrays = to_array_record(trainable_state(self.model))
+            return self.latest_arrays
+        done = self.checkpoint.completed_round
+        digest = weights_digest(self.checkpoint.arrays)
+        recorded = (
+            self.checkpoint.rounds[done].model_sha256 if done in self.checkpoint.rounds else ""
+        )
+        if digest != recorded:
+            raise CheckpointError(
+                f"the checkpoint's model (sha256 {digest[:12]}) is not the model recorded after "
+                f"round {done} ({recorded[:12] or 'none'}); refusing to resume from it"
+            )
+        self.resumed.append(
+            {"flower-run-id": self.run_id, "after-round": done, "model-sha256": digest}
+        )
+        self.latest_arrays = to_array_record(self.checkpoint.arrays)
         return self.latest_arrays
 
     def requested_training(self) -> dict[str, Any]:
@@ -135,6 +151,9 @@ class FederatedRun:
         self.latest_arrays = arrays
         if flower_round == 0 and self.checkpoint is not None:
             return MetricRecord(rec.server_eval) if rec.server_eval else None  # done before
+        now = time.time()
+        rec.seconds, self._round_started = now - self._round_started, now
+        rec.model_sha256 = weights_digest(from_array_record(arrays))
         if self.test_tensors is not None:
             load_trainable_state(self.model, from_array_record(arrays))
             result = evaluate(self.model, self.test_tensors, device=self.device)
@@ -161,6 +180,7 @@ class FederatedRun:
                 settings=_resumable_settings(self.settings),
                 flower_run_ids=self.flower_run_ids,
                 started=self.started,
+                resumed=self.resumed,
             ),
         )
 
@@ -177,6 +197,8 @@ class FederatedRun:
             "run-name": self.run_name,
             "run-id": self.run_id,
             "flower-run-ids": self.flower_run_ids,  # more than one: the run was resumed
+            "resumed": self.resumed,
+            "model-sha256": weights_digest(from_array_record(arrays)),
             "run-key": self.run_key,
             "privacy": "sample-level DP-SGD (Opacus) at each site"
             if self.settings.dp
@@ -222,6 +244,8 @@ def _round_json(rec: RoundRecord, dp: bool) -> dict[str, Any]:
         "sites": rec.sites,
         "failures": rec.failures,
         "dropped": rec.dropped,
+        "model-sha256": rec.model_sha256,
+        "seconds": rec.seconds,
     }
 
 

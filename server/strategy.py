@@ -37,6 +37,8 @@ class RoundRecord:
     failures: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # sites that did not reply in time
     trained_sites: int = 0
+    model_sha256: str = ""  # digest of the global model after this round
+    seconds: float = 0.0  # wall time of the round at the server
 
 
 class PrivacyAwareFedAvg(FedAvg):
@@ -87,11 +89,20 @@ class PrivacyAwareFedAvg(FedAvg):
         return self.rounds.setdefault(server_round, RoundRecord(server_round))
 
     def site_label(self, msg: Message) -> str:
+        """A simulated site's partition name; a deployed site's own name (from its decision
+        record), made unique with its node id; else the node id."""
         metrics = msg.content[METRICS] if METRICS in msg.content else MetricRecord()
         pid = int(metrics.get("partition-id", -1))
         if pid >= 0:
             return self.site_names.get(pid, f"site-{pid}")
-        return f"node-{msg.metadata.src_node_id}"
+        node = msg.metadata.src_node_id
+        if node in self.node_labels:
+            return self.node_labels[node]
+        decision = msg.content[DECISION] if DECISION in msg.content else {}
+        name = str(decision.get("site", "")) if "site" in decision else ""
+        if name and name not in self.node_labels.values():
+            return name
+        return f"{name or 'node'}-{node}" if name else f"node-{node}"
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

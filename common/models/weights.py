@@ -6,6 +6,8 @@ head; for full fine-tuning and tabular models every parameter. Frozen weights st
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -31,6 +33,17 @@ def trainable_state(model: nn.Module) -> dict[str, np.ndarray]:
 def state_nbytes(state: dict[str, np.ndarray]) -> int:
     """Bytes of array data in ``state`` (what one site sends per round)."""
     return sum(a.nbytes for a in state.values())
+
+
+def weights_digest(state: dict[str, np.ndarray]) -> str:
+    """sha256 over every array's name, dtype, shape and bytes (in name order): two models with
+    the same digest hold the same trainable parameters, bit for bit."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        array = np.ascontiguousarray(state[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _listed(names: list[str], limit: int = 5) -> str:

@@ -71,7 +71,12 @@ def test_train_reply_holds_only_arrays_and_scalar_metrics(tmp_path: Path, dp: bo
     content = reply.content
     assert set(content.keys()) == {"arrays", "metrics", "decision"}
     assert list(content.array_records) == ["arrays"] and list(content.metric_records) == ["metrics"]
-    assert dict(content["decision"]) == {"status": "trained", "reason": "", "clamped": []}
+    assert dict(content["decision"]) == {
+        "site": "Hungary",
+        "status": "trained",
+        "reason": "",
+        "clamped": [],
+    }
     # exactly the model's trainable parameters, same shapes as sent
     sent = request.content["arrays"]
     assert set(content["arrays"].keys()) == set(sent.keys())

@@ -58,3 +58,17 @@ def test_lora_state_on_minilm_sized_bert_is_small(tmp_path):
     assert nbytes == (6 * 2 * 2 * 8 * 384 + 2 * 384 + 2) * 4 == 297_992
     full = sum(p.numel() for p in model.parameters()) * 4
     print(f"LoRA r=8 trainable_state: {nbytes / 1e6:.3f} MB of {full / 1e6:.1f} MB")
+
+
+def test_weights_digest_sees_every_bit_name_and_dtype():
+    from common.models.weights import weights_digest
+
+    state = {"a": np.arange(4, dtype=np.float32), "b": np.ones((2, 2), np.float32)}
+    same = {"b": state["b"].copy(), "a": state["a"].copy()}  # order does not matter
+    assert weights_digest(state) == weights_digest(same)
+    flipped = {**state, "a": state["a"].copy()}
+    flipped["a"].view(np.uint32)[0] ^= 1  # one bit
+    renamed = {"c": state["a"], "b": state["b"]}
+    widened = {**state, "a": state["a"].astype(np.float64)}
+    digests = {weights_digest(s) for s in (state, flipped, renamed, widened)}
+    assert len(digests) == 4

@@ -1,0 +1,205 @@
+"""A real deployment on 127.0.0.1: TLS SuperLink with SuperNode authentication, three sites each
+with its own data file, policy, ledger and key. Runs go through ``flwr run``; every process is
+started here on free ports and stopped by PID (simulations/local_deployment.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from client.site_data import load_site_data
+from common.certificates import make_site_key
+from common.config import RunSettings, SiteSettings
+from common.privacy.ledger import PrivacyLedger
+from simulations.local_deployment import LocalFederation
+
+SITES = ("site-a", "site-b", "site-c")
+BASE_RUN = {
+    "model": "logreg",
+    "target-epsilon": 2.0,
+    "min-train-nodes": 2,
+    "round-timeout": 90.0,
+    "server-eval-max-records": 60,
+}
+
+
+def _write_site_file(settings: RunSettings, partition: int, path: Path) -> None:
+    """A hospital's own CSV (its heart-disease records), as a site would hold it."""
+    records = load_site_data(settings, SiteSettings(), partition, 4).train
+    frame = pd.DataFrame(records.features, columns=records.feature_names)
+    frame["label"] = [records.class_names[i] for i in records.labels]
+    frame.to_csv(path, index=False)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    work = tmp_path_factory.mktemp("deployment")
+    before = {p.pid for p in psutil.process_iter()}
+    with LocalFederation(work) as fed:
+        for partition, name in enumerate(SITES):
+            _write_site_file(RunSettings(), partition, work / f"{name}.csv")
+            (work / f"{name}-policy.toml").write_text(
+                f'name = "{name}"\nepsilon-budget = 1000.0\nledger = "{work}/{name}.sqlite"\n'
+            )
+            key = fed.register(name)
+            fed.start_supernode(name, _node_config(work, name), key)
+        fed.wait_online(len(SITES))
+        yield fed
+    leftover = [
+        " ".join(p.cmdline())
+        for p in psutil.process_iter()
+        if p.pid not in before and _is_flower(p)
+    ]
+    assert not leftover, f"processes left running: {leftover}"
+
+
+def _node_config(work: Path, name: str) -> dict[str, str]:
+    return {
+        "data-file": str(work / f"{name}.csv"),
+        "label-column": "label",
+        "policy-file": str(work / f"{name}-policy.toml"),
+    }
+
+
+def _is_flower(proc: psutil.Process) -> bool:
+    try:
+        line = " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return any(n in line for n in ("flower-superlink", "flower-supernode", "flwr-", "superexec"))
+
+
+def _rounds(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def _ledger_rounds(fed: LocalFederation, site: str, run_key: str) -> list[int]:
+    with PrivacyLedger(fed.workdir / f"{site}.sqlite") as ledger:
+        return [r.round for r in ledger.rows() if r.run_id == run_key and r.status == "released"]
+
+
+@pytest.mark.slow
+def test_two_rounds_over_tls_with_authenticated_sites(federation: LocalFederation) -> None:
+    results = federation.workdir / "results"
+    run_id = federation.submit(
+        BASE_RUN | {"num-server-rounds": 2, "run-name": "tls", "results-dir": str(results)}
+    )
+    status = federation.run_status(run_id)
+    assert status["status"] == "finished:completed", status
+    folder = results / "tls"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["rounds-completed"] == 2
+    assert set(summary["sites"]) == set(SITES)  # the sites' own names, from their replies
+    assert [r["round"] for r in _rounds(folder)] == [0, 1, 2]
+    for site in SITES:
+        assert _ledger_rounds(federation, site, summary["run-key"]) == [1, 2]
+        assert 0 < summary["sites"][site]["epsilon-spent"] <= 2.0 + 1e-6
+    assert (folder / "model" / "tabular_model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_unregistered_and_plaintext_supernodes_are_refused(federation: LocalFederation) -> None:
+    work = federation.workdir
+    stranger, _ = make_site_key(work / "stranger-keys", "stranger")  # never registered
+    registered = federation.register("late-site")
+    config = _node_config(work, "site-a")
+    attempts = {
+        "unregistered": federation.start_supernode("unregistered", config, stranger),
+        "plaintext": federation.start_supernode(
+            "plaintext", config, None, tls=False, extra=("--max-retries", "2")
+        ),
+        "plaintext-with-key": federation.start_supernode(
+            "plaintext-key", config, registered, tls=False
+        ),
+    }
+    for what, node in attempts.items():
+        assert node.process.wait(timeout=120) != 0, what
+        federation.supernodes.pop(node.name)
+    assert "Failed to activate SuperNode" in attempts["unregistered"].log()
+    assert "requires a secure TLS connection" in attempts["plaintext-with-key"].log()
+    assert "Server disconnected" in attempts["plaintext"].log()
+    assert federation.online_nodes() == len(SITES)
+
+
+@pytest.mark.slow
+def test_a_killed_serverapp_resumes_without_losing_or_repeating_a_round(
+    federation: LocalFederation,
+) -> None:
+    results = federation.workdir / "results"
+    run = BASE_RUN | {
+        "num-server-rounds": 3,
+        "run-name": "resumable",
+        "results-dir": str(results),
+        "fraction-evaluate": 0.0,
+        "min-evaluate-nodes": 0,
+    }
+    first = threading.Thread(target=federation.submit, args=(run, io.StringIO()))
+    first.start()
+    partial = results / "resumable.partial" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (partial.is_file() and len(partial.read_text().splitlines()) >= 2):
+        assert time.monotonic() < deadline, "round 1 never completed"
+        time.sleep(0.5)
+    killed = federation.serverapp_processes()
+    assert killed
+    for proc in killed:
+        proc.kill()
+    first.join(timeout=300)
+    round_1 = _rounds(results / "resumable.partial")[1]
+
+    run_id = federation.submit(run | {"resume": True})
+    assert federation.run_status(run_id)["status"] == "finished:completed"
+    folder = results / "resumable"
+    rounds = _rounds(folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]  # each round once
+    assert summary["rounds-completed"] == 3 and len(summary["flower-run-ids"]) == 2
+    (resumed,) = summary["resumed"]
+    # the resumed run started from exactly the model of round 1 ...
+    assert (resumed["after-round"], resumed["model-sha256"]) == (1, round_1["model-sha256"])
+    assert rounds[1]["model-sha256"] == round_1["model-sha256"]
+    # ... and the saved model is round 3's
+    assert summary["model-sha256"] == rounds[3]["model-sha256"]
+    assert len({r["model-sha256"] for r in rounds}) == 4
+    for site in SITES:  # the ledger keeps every release, a round redone after the kill too
+        trained = _ledger_rounds(federation, site, summary["run-key"])
+        assert set(trained) == {1, 2, 3} and trained == sorted(trained)
+
+
+@pytest.mark.slow
+def test_a_site_killed_mid_run_is_recorded_as_dropped_out(federation: LocalFederation) -> None:
+    results = federation.workdir / "results"
+    run = BASE_RUN | {
+        "num-server-rounds": 3,
+        "run-name": "dropout",
+        "results-dir": str(results),
+        "fraction-evaluate": 0.0,
+        "min-evaluate-nodes": 0,
+        "round-timeout": 60.0,
+    }
+    done: list[str] = []
+    runner = threading.Thread(target=lambda: done.append(federation.submit(run, io.StringIO())))
+    runner.start()
+    partial = results / "dropout.partial" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (partial.is_file() and len(partial.read_text().splitlines()) >= 2):
+        assert time.monotonic() < deadline, "round 1 never completed"
+        time.sleep(0.5)
+    federation.kill_supernode("site-c")
+    runner.join(timeout=600)
+    assert federation.run_status(done[0])["status"] == "finished:completed"
+    summary = json.loads((results / "dropout" / "summary.json").read_text())
+    rounds = _rounds(results / "dropout")
+    assert [r["trained-sites"] for r in rounds[1:]] == [3, 2, 2]
+    assert rounds[2]["dropped"] == ["site-c"]
+    assert summary["sites"]["site-c"]["dropped-rounds"] == [2]
+    assert summary["sites"]["site-c"]["rounds-trained"] == 1
+    assert summary["rounds-completed"] == 3
