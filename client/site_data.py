@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from common.config import ConfigError, RunSettings, SiteSettings
-from common.data.partition import natural_partition_values, partition, split_train_validation
 from common.data.registry import load_dataset
 from common.data.site_file import load_site_file
+from common.data.split import split_train_validation
 from common.data.types import LabeledData
 
 
@@ -43,7 +43,9 @@ def load_site_data(
         )
         _check_matches_run(records, reference_schema(settings.dataset, settings.seed), site)
         name = site.name or f"site-{partition_id}"
-    else:
+    else:  # flwr-datasets (and Hugging Face datasets) only where a site is a partition
+        from common.data.partition import natural_partition_values, partition
+
         pool = load_dataset(settings.dataset, settings.seed)[0]
         by = settings.partition_by if settings.partitioner == "natural" else ""
         records = partition(

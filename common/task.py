@@ -1,16 +1,23 @@
-"""The model and tensors a run trains, built the same way at the server and at every site."""
+"""The model and tensors a run trains, built the same way at the server and at every site.
+
+Text-model libraries (transformers, peft: ~2 s to import) are imported only for text runs: in
+deployment every message starts a fresh ClientApp process, and a tabular site never needs them.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
-from transformers import PreTrainedTokenizerBase
 
 from common.config import ConfigError, RunSettings
 from common.data.types import LabeledData
 from common.models.tabular import build_tabular_model
-from common.models.text import LoraSettings, encode_texts, load_text_classifier
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def model_source(settings: RunSettings) -> str:
@@ -40,6 +47,8 @@ def build_model(
     """
     check_model_fits(settings, data)
     if data.kind == "text":
+        from common.models.text import LoraSettings, load_text_classifier
+
         lora = (
             LoraSettings(
                 r=settings.lora_r,
@@ -75,6 +84,8 @@ def to_tensors(
         return TensorDataset(torch.as_tensor(data.features, dtype=torch.float32), labels), 0
     if tokenizer is None or data.texts is None:
         raise ValueError("text data needs a tokenizer")
+    from common.models.text import encode_texts
+
     return encode_texts(tokenizer, data.texts, data.labels, max_length)
 
 

@@ -1,9 +1,9 @@
-"""Partitioning a training pool among sites and the train/validation split (partition.py)."""
+"""Partitioning a training pool among sites (partition.py)."""
 
 import numpy as np
 import pytest
 
-from common.data.partition import natural_partition_values, partition, split_train_validation
+from common.data.partition import natural_partition_values, partition
 from common.data.registry import load_dataset
 from common.data.types import LabeledData
 
@@ -105,26 +105,3 @@ def test_bad_arguments_are_explained(kwargs, message):
 def test_impossible_dirichlet_draw_is_explained():
     with pytest.raises(ValueError, match="use a larger alpha"):
         partition(_toy(40), num_partitions=10, partition_id=0, scheme="dirichlet", alpha=0.01)
-
-
-def test_validation_split_is_stratified_and_disjoint():
-    data = _toy(100, classes=2)
-    train, val = split_train_validation(data, 0.2, seed=0)
-    assert (len(train), len(val)) == (80, 20)
-    assert np.bincount(val.labels).tolist() == [10, 10]
-    assert sorted(np.concatenate([_ids(train), _ids(val)]).tolist()) == list(range(100))
-    again, _ = split_train_validation(data, 0.2, seed=0)
-    np.testing.assert_array_equal(_ids(train), _ids(again))
-
-
-def test_validation_split_of_tiny_or_unstratifiable_data():
-    train, val = split_train_validation(_toy(2, classes=2), 0.2, seed=0)
-    assert (len(train), len(val)) == (1, 1)
-    # a class with a single record cannot be stratified: plain random split, both non-empty
-    odd = _toy(12, classes=2).subset(np.array([0, 2, 4, 6, 8, 10, 1]))
-    train, val = split_train_validation(odd, 0.3, seed=0)
-    assert (len(train), len(val)) == (5, 2)
-    with pytest.raises(ValueError, match="cannot split 1 record"):
-        split_train_validation(_toy(4).subset(np.array([0])), 0.2, seed=0)
-    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\)"):
-        split_train_validation(_toy(), 1.0, seed=0)

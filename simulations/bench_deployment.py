@@ -1,0 +1,157 @@
+"""Benchmark: a round's wall time in a real deployment vs the sites' local training time.
+
+    python -m simulations.bench_deployment [--rounds 3] [--results-dir results]
+
+Starts a TLS SuperLink with SuperNode authentication and 3 SuperNodes on 127.0.0.1
+(simulations/local_deployment.py), runs a tabular case (heart-disease MLP) and a MiniLM-LoRA
+case (rotten-tomatoes), and prints a Markdown table per case: round wall time at the server,
+the slowest site's local training time, and the rest (overhead: process start, imports, model
+load, transport, evaluation). Ratios are measured in the same run; the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from client.site_data import load_site_data
+from common.config import RunSettings, SiteSettings
+from common.data.assets import fetch
+from simulations.local_deployment import LocalFederation
+
+SITES = ("site-a", "site-b", "site-c")
+CASES: dict[str, dict[str, Any]] = {
+    "tabular (heart-disease MLP)": {
+        "dataset": "heart-disease",
+        "model": "mlp",
+        "local-epochs": 2,
+    },
+    "MiniLM-LoRA (rotten-tomatoes)": {
+        "dataset": "rotten-tomatoes",
+        "partitioner": "iid",
+        "model": "text",
+        "lora": True,
+        "pooler-init": "identity",
+        "max-length": 32,
+        "local-steps": 8,
+        "batch-size": 32,
+        "optimizer": "adam",
+        "learning-rate": 2e-4,
+        "head-learning-rate": 0.03,
+        "server-eval-max-records": 200,
+    },
+}
+
+
+def _site_files(work: Path, case: dict[str, Any], max_records: int = 600) -> list[Path]:
+    """Each site's own data file: its partition of the case's dataset (text or tabular)."""
+    settings = RunSettings.from_run_config(
+        {k: v for k, v in case.items() if k in ("dataset", "partitioner")}
+    )
+    files = []
+    for partition, name in enumerate(SITES):
+        records = load_site_data(settings, SiteSettings(), partition, 4).train
+        if len(records) > max_records:
+            records = records.subset(list(range(max_records)))
+        if records.kind == "text":
+            frame = pd.DataFrame({"text": records.texts})
+        else:
+            frame = pd.DataFrame(records.features, columns=records.feature_names)
+        frame["label"] = [records.class_names[i] for i in records.labels]
+        path = work / f"{name}-{settings.dataset}.csv"
+        frame.to_csv(path, index=False)
+        files.append(path)
+    return files
+
+
+def run_case(label: str, case: dict[str, Any], rounds: int, results: Path) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="fedpriv-bench-") as tmp:
+        work = Path(tmp)
+        files = _site_files(work, case)
+        with LocalFederation(work) as fed:
+            for name, data in zip(SITES, files, strict=True):
+                policy = work / f"{name}.toml"
+                policy.write_text(
+                    f'name = "{name}"\nepsilon-budget = 100.0\nledger = "{work}/{name}.sqlite"\n'
+                )
+                config = {"data-file": str(data), "label-column": "label"}
+                if case["model"] == "text":
+                    config["text-column"] = "text"
+                config["policy-file"] = str(policy)
+                fed.start_supernode(name, config, fed.register(name))
+            fed.wait_online(len(SITES))
+            run_name = f"bench-{case['model']}-{time.strftime('%H%M%S')}"
+            run_config = case | {
+                "num-server-rounds": rounds,
+                "min-train-nodes": len(SITES),
+                "min-evaluate-nodes": len(SITES),
+                "results-dir": str(results.resolve()),
+                "run-name": run_name,
+            }
+            started = time.monotonic()
+            run_id = fed.submit(run_config)
+            total = time.monotonic() - started
+            status = fed.run_status(run_id)["status"]
+            if status != "finished:completed":
+                raise RuntimeError(f"{label}: run ended {status}; see {fed.superlink_log}")
+    lines = (results / run_name / "metrics.jsonl").read_text().splitlines()
+    per_round = []
+    for record in (json.loads(line) for line in lines[1:]):
+        train = max(m["train-seconds"] for m in record["sites"].values() if "train-seconds" in m)
+        per_round.append((record["round"], record["seconds"], train))
+    return {"case": label, "rounds": per_round, "total": total}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = [
+        f"| {r} | {wall:.1f} | {train:.2f} | {wall - train:.1f} | {train / wall:.1%} |"
+        for r, wall, train in result["rounds"]
+    ]
+    wall = statistics.mean(w for _, w, _ in result["rounds"])
+    train = statistics.mean(t for _, _, t in result["rounds"])
+    return "\n".join(
+        [
+            f"### {result['case']}",
+            "",
+            "| round | round wall time (s) | slowest site's local training (s) | overhead (s) "
+            "| training share |",
+            "|---|---|---|---|---|",
+            *rows,
+            f"| mean | {wall:.1f} | {train:.2f} | {wall - train:.1f} | {train / wall:.1%} |",
+            "",
+            f"Whole run including ServerApp start and round 0: {result['total']:.1f} s.",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--case", choices=("tabular", "text", "all"), default="all")
+    args = parser.parse_args(argv)
+    fetch("all-minilm-l6-v2")
+    tables = []
+    for label, case in CASES.items():
+        if args.case != "all" and (case["model"] == "text") != (args.case == "text"):
+            continue
+        tables.append(markdown(run_case(label, case, args.rounds, args.results_dir)))
+        print(tables[-1], flush=True)
+    out = args.results_dir / f"bench-deployment-{time.strftime('%Y%m%d-%H%M%S')}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("## Deployment round overhead\n\n" + "\n".join(tables))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
