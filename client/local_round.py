@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from client.evaluation import evaluate
 from client.policy import Clamp, RoundRefused, check_non_private
 from client.privacy_round import authorize_round, site_delta
 from client.request import RequestError, TrainRequest
@@ -87,6 +88,8 @@ def run_train_round(
         state = _ledger_state(site, None, n, site.settings.target_epsilon)
         return _refusal(site, base | state, INVALID_REQUEST, reason)
     run_id = request.run_key
+    if request.evaluate_received:  # aggregate statistics of held-out records, as in evaluate
+        base |= evaluate_received(site, weights)
     q = sample_rate(n, request.batch_size)
     steps = request.local_steps or steps_per_epoch(n, request.batch_size) * request.local_epochs
     base |= {"sample-rate": q, "dp": int(request.dp)}
@@ -157,6 +160,17 @@ def run_train_round(
         base, result, (spent, grant.epsilon_budget, grant.delta), rounds_trained=rounds_trained
     )
     return RoundReply(trainable_state(model), metrics, _decision(site, TRAINED, "", grant.clamps))
+
+
+def evaluate_received(site: Site, weights: dict[str, np.ndarray]) -> Metrics:
+    """Loss and accuracy of the received global model on the site's validation records."""
+    model, dataset, _ = site_model(site, weights, "validation")
+    result = evaluate(model, dataset, device=site.device)
+    return {
+        "eval-examples": result.num_examples,
+        "eval-loss": result.loss,
+        "eval-accuracy": result.accuracy,
+    }
 
 
 def _ledger_state(
@@ -239,17 +253,22 @@ def _metrics(
     rounds_trained: int,
 ) -> Metrics:
     spent, budget, delta = epsilon
-    return base | {
-        "num-examples": result.num_examples,
-        "status": TRAINED,
-        "train-loss": result.loss,
-        "epsilon-spent": spent,
-        "epsilon-budget": budget,
-        "epsilon-left": max(budget - spent, 0.0),
-        "delta": delta,
-        "noise-multiplier": result.noise_multiplier,
-        "max-grad-norm": result.max_grad_norm,
-        "steps": result.num_steps,
-        "train-seconds": result.seconds,
-        "rounds-trained": rounds_trained,
-    }
+    not_evaluated = {"eval-examples": 0, "eval-loss": 0.0, "eval-accuracy": 0.0}
+    return (
+        not_evaluated
+        | base
+        | {
+            "num-examples": result.num_examples,
+            "status": TRAINED,
+            "train-loss": result.loss,
+            "epsilon-spent": spent,
+            "epsilon-budget": budget,
+            "epsilon-left": max(budget - spent, 0.0),
+            "delta": delta,
+            "noise-multiplier": result.noise_multiplier,
+            "max-grad-norm": result.max_grad_norm,
+            "steps": result.num_steps,
+            "train-seconds": result.seconds,
+            "rounds-trained": rounds_trained,
+        }
+    )

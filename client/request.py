@@ -34,7 +34,8 @@ class TrainRequest:
 
     run_key: the run's name as the site keys its plan and rounds (a resumed run keeps it);
     noise_multiplier: sigma asked for (0 = calibrate sigma to target_epsilon for the whole run);
-    max_grad_norm: C; target_epsilon: what the run may cost the site; local_steps: 0 = epochs.
+    max_grad_norm: C; target_epsilon: what the run may cost the site; local_steps: 0 = epochs;
+    evaluate_received: also evaluate the received global model on the local validation split.
     """
 
     server_round: int
@@ -48,6 +49,7 @@ class TrainRequest:
     local_steps: int
     batch_size: int
     learning_rate: float
+    evaluate_received: bool
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainRequest:
@@ -81,6 +83,7 @@ class TrainRequest:
             "local-steps": settings.local_steps,
             "batch-size": settings.batch_size,
             "learning-rate": settings.learning_rate,
+            "evaluate-received": settings.evaluate_with_train,
         }
 
 
@@ -97,6 +100,7 @@ REQUEST_KEYS: dict[str, tuple[type, float, float, bool]] = {
     "local-steps": (int, 0, MAX_LOCAL_STEPS, False),
     "batch-size": (int, 1, MAX_BATCH_SIZE, False),
     "learning-rate": (float, 0, MAX_LEARNING_RATE, True),
+    "evaluate-received": (bool, 0, 1, False),
 }
 _NAMES = [(key, key.replace("-", "_")) for key in REQUEST_KEYS]
 

@@ -66,6 +66,7 @@ class RunSettings:
     min_train_nodes: int = 2
     fraction_evaluate: float = 1.0
     min_evaluate_nodes: int = 2
+    evaluate_with_train: bool = False
     round_timeout: float = 3600.0
     sites_file: str = ""
     results_dir: str = "results"

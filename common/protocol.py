@@ -49,6 +49,9 @@ TRAIN_METRIC_KEYS = (
     "steps",  # DP-SGD steps this round
     "truncated-texts",
     "train-seconds",
+    "eval-examples",  # > 0: the received global model was evaluated on this many records
+    "eval-loss",
+    "eval-accuracy",
 )
 
 

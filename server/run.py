@@ -75,8 +75,9 @@ class FederatedRun:
             fraction_train=settings.fraction_train,
             min_train_nodes=settings.min_train_nodes,
             min_available_nodes=settings.min_train_nodes,
-            fraction_evaluate=settings.fraction_evaluate,
-            min_evaluate_nodes=settings.min_evaluate_nodes,
+            # evaluate-with-train: sites evaluate inside the train message, none separately
+            fraction_evaluate=0.0 if settings.evaluate_with_train else settings.fraction_evaluate,
+            min_evaluate_nodes=0 if settings.evaluate_with_train else settings.min_evaluate_nodes,
         )
         if self.checkpoint is not None:
             self.strategy.rounds = dict(self.checkpoint.rounds)

@@ -130,7 +130,8 @@ class PrivacyAwareFedAvg(FedAvg):
                     rec.dropped.append(label)
                 continue
             metrics = dict(msg.content[METRICS])
-            self.node_labels[msg.metadata.src_node_id] = label
+            self.node_labels[node] = label
+            self._record_received_eval(server_round - 1, label, metrics)
             status = int(metrics.get("status", TRAINED))
             decision = dict(msg.content[DECISION]) if DECISION in msg.content else {}
             rec.sites[label] = {
@@ -150,6 +151,7 @@ class PrivacyAwareFedAvg(FedAvg):
                     rec.sites[label]["reason"] or STATUS_NAMES.get(status, status),
                 )
         rec.trained_sites = len(trained)
+        self._aggregate_received_eval(server_round - 1)
         if len(trained) < max(self.min_train_nodes, 1):
             refused = [s for s, m in rec.sites.items() if m["status"] != STATUS_NAMES[TRAINED]]
             if rec.failures:
@@ -165,6 +167,25 @@ class PrivacyAwareFedAvg(FedAvg):
         arrays, metrics = super().aggregate_train(server_round, trained)
         rec.train = {k: v for k, v in (metrics or {}).items() if k == "train-loss"}
         return arrays, metrics
+
+    def _record_received_eval(self, model_round: int, label: str, metrics: dict) -> None:
+        """With evaluate-with-train, a train reply also holds the site's evaluation of the
+        model it received, i.e. of round ``model_round``'s global model: file it there."""
+        examples = int(metrics.pop("eval-examples", 0))
+        scores = {k: metrics.pop(k) for k in ("eval-loss", "eval-accuracy") if k in metrics}
+        if examples > 0 and model_round >= 0:
+            entry = self.record(model_round).sites.setdefault(label, {})
+            entry.update(scores | {"eval-examples": examples})
+
+    def _aggregate_received_eval(self, model_round: int) -> None:
+        sites = [m for m in self.rounds.get(model_round, RoundRecord(0)).sites.values()]
+        weighted = [m for m in sites if m.get("eval-examples", 0) > 0]
+        total = sum(m["eval-examples"] for m in weighted)
+        if total:
+            self.record(model_round).federated_eval = {
+                k: sum(m[k] * m["eval-examples"] for m in weighted) / total
+                for k in ("eval-loss", "eval-accuracy")
+            }
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

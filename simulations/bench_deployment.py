@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -138,12 +139,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--case", choices=("tabular", "text", "all"), default="all")
+    parser.add_argument(
+        "--evaluate-with-train",
+        action="store_true",
+        help="sites evaluate inside the train message (one ClientApp process per round)",
+    )
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the federation's processes are stopped by PID
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     fetch("all-minilm-l6-v2")
     tables = []
     for label, case in CASES.items():
         if args.case != "all" and (case["model"] == "text") != (args.case == "text"):
             continue
+        if args.evaluate_with_train:
+            case, label = case | {"evaluate-with-train": True}, label + ", evaluate-with-train"
         tables.append(markdown(run_case(label, case, args.rounds, args.results_dir)))
         print(tables[-1], flush=True)
     out = args.results_dir / f"bench-deployment-{time.strftime('%Y%m%d-%H%M%S')}.md"

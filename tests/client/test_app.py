@@ -203,3 +203,15 @@ def test_a_request_for_less_noise_than_the_site_allows_cannot_lower_the_noise(
         assert any(c.startswith("noise-multiplier") and "-> 2 (" in c for c in clamped), clamped
     assert told == [(2.0, 0.5), (2.0, 0.5)]
     assert [r.noise_multiplier for r in _ledger_rows(tmp_path)] == [2.0, 2.0]
+
+
+def test_a_site_asked_to_evaluate_the_received_model_reports_it_in_the_train_reply(
+    tmp_path: Path,
+) -> None:
+    context = _context(tmp_path)
+    reply = client_app.train(_message(context, "train", **{"evaluate-received": True}), context)
+    metrics = reply.content["metrics"]
+    assert metrics["status"] == 0 and metrics["eval-examples"] > 0
+    assert 0 <= metrics["eval-accuracy"] <= 1 and metrics["eval-loss"] > 0
+    plain = client_app.train(_message(context, "train", server_round=2), context)
+    assert plain.content["metrics"]["eval-examples"] == 0

@@ -56,6 +56,7 @@ VALID_REQUESTS = st.fixed_dictionaries(
         # B >= n: q = 1 (cheap exact RDP); B = n/2: q = 0.5
         "batch-size": st.sampled_from([N, 2 * N, N // 2]),
         "learning-rate": st.just(0.1),
+        "evaluate-received": st.just(False),
     }
 )
 BAD_VALUES = st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 1e12, 0, 2.5, "1", True])

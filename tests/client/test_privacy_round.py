@@ -29,6 +29,7 @@ def request(**overrides) -> TrainRequest:
         "local_steps": 0,
         "batch_size": 20,
         "learning_rate": 0.1,
+        "evaluate_received": False,
     }
     return TrainRequest(**(values | overrides))
 

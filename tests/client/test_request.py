@@ -25,6 +25,7 @@ def test_an_honest_servers_request_parses_to_the_run_settings():
         local_steps=settings.local_steps,
         batch_size=64,
         learning_rate=settings.learning_rate,
+        evaluate_received=False,
     )
 
 

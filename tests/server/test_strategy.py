@@ -361,3 +361,26 @@ def test_a_superlink_error_reply_is_charged_to_the_node_it_is_about(in_a_run):
     s.aggregate_train(2, [*replies, unavailable])
     assert s.rounds[2].failures == ["Hungary: Node Unavailable"]  # once, and by its name
     assert s.rounds[2].dropped == ["Hungary"]
+
+
+def test_evaluations_inside_train_replies_are_filed_under_the_model_they_evaluated():
+    s = strategy(min_train_nodes=1)
+    first = trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]]))
+    second = trained(
+        12, 10, 1, w([1.0, 2.0], [[1.0, 0.0]]), **{"eval-examples": 30, "eval-accuracy": 0.5}
+    )
+    third = trained(
+        13, 10, 2, w([1.0, 2.0], [[1.0, 0.0]]), **{"eval-examples": 10, "eval-accuracy": 0.9}
+    )
+    for msg, loss in ((second, 0.7), (third, 0.3)):
+        msg.content["metrics"]["eval-loss"] = loss
+    s.aggregate_train(3, [first, second, third])
+    # round 3's replies evaluated round 2's global model
+    assert s.rounds[2].federated_eval == pytest.approx({"eval-loss": 0.6, "eval-accuracy": 0.6})
+    assert s.rounds[2].sites["Hungary"] == {
+        "eval-loss": 0.7,
+        "eval-accuracy": 0.5,
+        "eval-examples": 30,
+    }
+    assert "Cleveland" not in s.rounds[2].sites  # it did not evaluate
+    assert not any(k.startswith("eval-") for k in s.rounds[3].sites["Hungary"])
