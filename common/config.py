@@ -67,6 +67,7 @@ class RunSettings:
     fraction_evaluate: float = 1.0
     min_evaluate_nodes: int = 2
     evaluate_with_train: bool = False
+    max_update_norm: float = 0.0
     round_timeout: float = 3600.0
     sites_file: str = ""
     results_dir: str = "results"
@@ -131,6 +132,11 @@ class RunSettings:
         _require(0 <= self.fraction_evaluate <= 1, "fraction-evaluate must be in [0, 1]")
         _require(self.min_train_nodes >= 1, "min-train-nodes must be >= 1")
         _require(self.min_evaluate_nodes >= 0, "min-evaluate-nodes must be >= 0")
+        _require(
+            self.max_update_norm == 0 or _positive(self.max_update_norm),
+            f"max-update-norm must be a finite number > 0 (0 = no bound), got "
+            f"{self.max_update_norm}",
+        )
         _require(
             _positive(self.round_timeout),
             f"round-timeout must be a finite number of seconds > 0, got {self.round_timeout}",

@@ -72,6 +72,7 @@ class FederatedRun:
         self.strategy = PrivacyAwareFedAvg(
             site_names=names,
             round_offset=done,
+            max_update_norm=settings.max_update_norm,
             fraction_train=settings.fraction_train,
             min_train_nodes=settings.min_train_nodes,
             min_available_nodes=settings.min_train_nodes,
@@ -207,6 +208,11 @@ class FederatedRun:
             "config": asdict(self.settings),
             "final-round": None if final is None else _round_json(final, self.settings.dp),
             "sites": site_summaries(self.strategy.rounds),
+            "rejected-updates": [
+                f"round {r}: {reason}"
+                for r, rec in sorted(self.strategy.rounds.items())
+                for reason in rec.rejected
+            ],
             "versions": {
                 "python": platform.python_version(),
                 "flwr": flwr.__version__ if hasattr(flwr, "__version__") else "",
@@ -245,6 +251,7 @@ def _round_json(rec: RoundRecord, dp: bool) -> dict[str, Any]:
         "sites": rec.sites,
         "failures": rec.failures,
         "dropped": rec.dropped,
+        "rejected": rec.rejected,
         "model-sha256": rec.model_sha256,
         "seconds": rec.seconds,
     }

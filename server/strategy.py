@@ -13,7 +13,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from common.protocol import ARRAYS, DECISION, METRICS, STATUS_NAMES, TRAINED
+from common.protocol import ARRAYS, DECISION, METRICS, STATUS_NAMES, TRAINED, from_array_record
+from server.update_validation import check_train_reply
 
 
 class RunStopped(Exception):
@@ -36,6 +37,7 @@ class RoundRecord:
     server_eval: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # sites that did not reply in time
+    rejected: list[str] = field(default_factory=list)  # "site: reason" of updates refused
     trained_sites: int = 0
     model_sha256: str = ""  # digest of the global model after this round
     seconds: float = 0.0  # wall time of the round at the server
@@ -50,9 +52,15 @@ class PrivacyAwareFedAvg(FedAvg):
     """
 
     def __init__(
-        self, *, site_names: dict[int, str] | None = None, round_offset: int = 0, **kwargs: Any
+        self,
+        *,
+        site_names: dict[int, str] | None = None,
+        round_offset: int = 0,
+        max_update_norm: float = 0.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.max_update_norm = max_update_norm  # 0 = no bound on ||w_site - w_global||_2
         self.site_names = site_names or {}
         self.rounds: dict[int, RoundRecord] = {}
         # A resumed run: Flower's loop counts from 1 again; rounds on the wire and in the
@@ -60,6 +68,7 @@ class PrivacyAwareFedAvg(FedAvg):
         self.round_offset = round_offset
         self.node_labels: dict[int, str] = {}  # node id -> site label, learnt from replies
         self._sent: dict[int, list[Message]] = {}  # round -> the train messages sent
+        self._global: dict[str, Any] | None = None  # the arrays sent this round
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -68,6 +77,7 @@ class PrivacyAwareFedAvg(FedAvg):
             super().configure_train(server_round + self.round_offset, arrays, config, grid)
         )
         self._sent[server_round + self.round_offset] = messages  # the Grid sets their ids
+        self._global = from_array_record(arrays)  # what every reply is checked against
         return messages
 
     def _replier(self, server_round: int, msg: Message) -> int:
@@ -140,7 +150,15 @@ class PrivacyAwareFedAvg(FedAvg):
                 "reason": str(decision.get("reason", "")),
                 "clamped": [str(c) for c in decision.get("clamped", [])],
             }
-            if status == TRAINED and ARRAYS in msg.content:
+            reason = None
+            if status == TRAINED and self._global is not None:
+                reason = check_train_reply(msg.content, self._global, self.max_update_norm)
+            if reason is not None:
+                rec.rejected.append(f"{label}: {reason}")
+                rec.sites[label]["status"] = "rejected"
+                rec.sites[label]["reason"] = reason
+                log(WARNING, "round %s: update of %s rejected: %s", server_round, label, reason)
+            elif status == TRAINED and ARRAYS in msg.content:
                 trained.append(msg)
             else:
                 log(
@@ -154,10 +172,11 @@ class PrivacyAwareFedAvg(FedAvg):
         self._aggregate_received_eval(server_round - 1)
         if len(trained) < max(self.min_train_nodes, 1):
             refused = [s for s, m in rec.sites.items() if m["status"] != STATUS_NAMES[TRAINED]]
-            if rec.failures:
+            if rec.failures or rec.rejected:
+                problems = "; ".join([*rec.failures, *(f"rejected {r}" for r in rec.rejected)])
                 raise RoundFailed(
                     f"round {server_round}: {len(trained)} site(s) trained, fewer than "
-                    f"min-train-nodes={self.min_train_nodes}; errors: {'; '.join(rec.failures)}"
+                    f"min-train-nodes={self.min_train_nodes}; errors: {problems}"
                 )
             reasons = "; ".join(f"{s}: {rec.sites[s]['status']}" for s in sorted(refused))
             raise RunStopped(

@@ -291,6 +291,11 @@ def in_a_run(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
+def global_model() -> ArrayRecord:
+    """The arrays a round sends: what every reply is checked against (same keys and shapes)."""
+    return ArrayRecord({k: Array(v) for k, v in w([0.0, 0.0], [[0.0, 0.0]]).items()})
+
+
 class FakeGrid:
     """What FedAvg's node sampling asks of a Grid: the connected node ids."""
 
@@ -304,7 +309,7 @@ class FakeGrid:
 def test_a_site_that_does_not_reply_is_recorded_as_dropped_out_by_name(in_a_run):
     s = strategy(min_train_nodes=2)
     grid = FakeGrid([11, 12, 13])
-    arrays = ArrayRecord({"layer.bias": Array(np.zeros(2, np.float32))})
+    arrays = global_model()
     s.configure_train(1, arrays, ConfigRecord(), grid)
     first = [
         trained(n, 10, pid, w([1.0, 2.0], [[1.0, 0.0]])) for n, pid in ((11, 0), (12, 1), (13, 2))
@@ -320,7 +325,7 @@ def test_a_site_that_does_not_reply_is_recorded_as_dropped_out_by_name(in_a_run)
 
 def test_too_few_replies_after_dropouts_fail_the_round_with_the_reason(in_a_run):
     s = strategy(min_train_nodes=2)
-    s.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid([11, 12]))
+    s.configure_train(1, global_model(), ConfigRecord(), FakeGrid([11, 12]))
     with pytest.raises(RoundFailed, match="node-12: no reply within the round timeout"):
         s.aggregate_train(1, [trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]]))])
 
@@ -333,9 +338,9 @@ def test_a_resumed_run_numbers_its_rounds_after_the_checkpoint(in_a_run):
         min_evaluate_nodes=1,
         min_available_nodes=1,
     )
-    (message,) = s.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid([11]))
+    (message,) = s.configure_train(1, global_model(), ConfigRecord(), FakeGrid([11]))
     assert message.content["config"]["server-round"] == 4  # Flower's round 1 is our round 4
-    (evaluate,) = s.configure_evaluate(1, ArrayRecord(), ConfigRecord(), FakeGrid([11]))
+    (evaluate,) = s.configure_evaluate(1, global_model(), ConfigRecord(), FakeGrid([11]))
     assert evaluate.content["config"]["server-round"] == 4
     s.aggregate_train(1, [trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]]))])
     s.aggregate_evaluate(1, [evaluated(11, 5, 0, 0.5, 0.8)])
@@ -346,9 +351,9 @@ def test_a_superlink_error_reply_is_charged_to_the_node_it_is_about(in_a_run):
     s = strategy(min_train_nodes=2)
     grid = FakeGrid([11, 12, 13])
     sites = ((11, 0), (12, 1), (13, 2))
-    s.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+    s.configure_train(1, global_model(), ConfigRecord(), grid)
     s.aggregate_train(1, [trained(n, 10, pid, w([1.0, 2.0], [[1.0, 0.0]])) for n, pid in sites])
-    sent = list(s.configure_train(2, ArrayRecord(), ConfigRecord(), grid))
+    sent = list(s.configure_train(2, global_model(), ConfigRecord(), grid))
     for i, message in enumerate(sent):  # what the Grid does when it pushes them
         message.metadata.__dict__["_message_id"] = f"m-{i}"
     to_hungary = next(m for m in sent if m.metadata.dst_node_id == 12)
