@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, TextIO
 import psutil
 
 from common.certificates import make_ca, make_server_certificate, make_site_key
+from simulations.processes import stop_tree, wait_listening
 from simulations.superlink import flower_env, free_port
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ class LocalFederation:
         ]
         self.superlink = self._spawn(command, self.env, self.superlink_log)
         try:
-            self._wait_listening(self.superlink, self.port, self.superlink_log)
+            wait_listening(self.superlink, self.port, self.superlink_log)
         except BaseException:
             self.stop()
             raise
@@ -230,23 +230,6 @@ class LocalFederation:
                 cwd=log_file.parent,
             )
 
-    @staticmethod
-    def _wait_listening(
-        process: subprocess.Popen[bytes], port: int, log_file: Path, timeout: float = 90
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise DeploymentError(
-                    f"process exited with {process.returncode}: {log_file.read_text()[-2000:]}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.5)
-        raise DeploymentError(f"nothing listened on port {port} after {timeout}s")
-
 
 def node_config_string(values: dict[str, Any]) -> str:
     """``--node-config`` syntax: space-separated key=value, strings quoted, TOML values."""
@@ -260,28 +243,6 @@ def node_config_string(values: dict[str, Any]) -> str:
             text = "'" + str(value).replace("'", "") + "'"
         parts.append(f"{key}={text}")
     return " ".join(parts)
-
-
-def stop_tree(process: subprocess.Popen[bytes], sig: int, grace: float = 10) -> None:
-    """Signal a process and all its descendants; SIGKILL whatever is left after ``grace``."""
-    try:
-        procs = [psutil.Process(process.pid)]
-        procs += procs[0].children(recursive=True)
-    except psutil.NoSuchProcess:
-        procs = []
-    for proc in procs:
-        try:
-            proc.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    process.wait(timeout=10)
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:

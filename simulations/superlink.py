@@ -12,10 +12,9 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-import psutil
+from simulations.processes import stop_tree, wait_listening
 
 CONNECTION = "fedpriv-local"
 
@@ -83,7 +82,7 @@ class LocalSuperLink:
                 cwd=self.workdir,
             )
         try:
-            self._wait_ready(timeout=60.0)
+            wait_listening(self.process, self.port, self.log_file, timeout=60.0)
         except BaseException:
             self.stop()
             raise
@@ -92,38 +91,11 @@ class LocalSuperLink:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        assert self.process is not None
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"flower-superlink exited with code {self.process.returncode}; "
-                    f"see {self.log_file}:\n{self.log_file.read_text()[-2000:]}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError(f"flower-superlink did not listen on port {self.port} in {timeout}s")
-
     def stop(self) -> None:
         """Terminate the SuperLink and all its descendants (SIGTERM, then SIGKILL after 10 s)."""
         if self.process is None:
             return
-        try:
-            procs = [psutil.Process(self.process.pid)]
-            procs += procs[0].children(recursive=True)
-        except psutil.NoSuchProcess:
-            procs = []
-        for proc in procs:
-            _signal(proc, signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for proc in alive:
-            _signal(proc, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=5)
-        self.process.wait(timeout=5)
+        stop_tree(self.process, signal.SIGTERM)
         self.process = None
 
     def flwr(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
@@ -144,10 +116,3 @@ class LocalSuperLink:
         if not data.get("success"):
             raise RuntimeError(f"flwr ls failed: {data.get('error-message', out.stderr)}")
         return data["runs"][0]
-
-
-def _signal(proc: psutil.Process, sig: int) -> None:
-    try:
-        proc.send_signal(sig)
-    except psutil.NoSuchProcess:
-        pass

@@ -81,6 +81,15 @@ def _rounds(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+def _wait_for_round_1(partial: Path, timeout: float = 300) -> None:
+    """Until the running run's metrics file holds round 0 and round 1."""
+    metrics = partial / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        assert time.monotonic() < deadline, "round 1 never completed"
+        time.sleep(0.5)
+
+
 def _ledger_rounds(fed: LocalFederation, site: str, run_key: str) -> list[int]:
     with PrivacyLedger(fed.workdir / f"{site}.sqlite") as ledger:
         return [r.round for r in ledger.rows() if r.run_id == run_key and r.status == "released"]
@@ -143,11 +152,7 @@ def test_a_killed_serverapp_resumes_without_losing_or_repeating_a_round(
     }
     first = threading.Thread(target=federation.submit, args=(run, io.StringIO()))
     first.start()
-    partial = results / "resumable.partial" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (partial.is_file() and len(partial.read_text().splitlines()) >= 2):
-        assert time.monotonic() < deadline, "round 1 never completed"
-        time.sleep(0.5)
+    _wait_for_round_1(results / "resumable.partial")
     killed = federation.serverapp_processes()
     assert killed
     for proc in killed:
@@ -188,11 +193,7 @@ def test_a_site_killed_mid_run_is_recorded_as_dropped_out(federation: LocalFeder
     done: list[str] = []
     runner = threading.Thread(target=lambda: done.append(federation.submit(run, io.StringIO())))
     runner.start()
-    partial = results / "dropout.partial" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (partial.is_file() and len(partial.read_text().splitlines()) >= 2):
-        assert time.monotonic() < deadline, "round 1 never completed"
-        time.sleep(0.5)
+    _wait_for_round_1(results / "dropout.partial")
     federation.kill_supernode("site-c")
     runner.join(timeout=600)
     assert federation.run_status(done[0])["status"] == "finished:completed"
