@@ -24,6 +24,7 @@ class ConfigError(ValueError):
 MODELS = ("mlp", "logreg", "text")
 PARTITIONERS = ("iid", "dirichlet", "natural")
 OPTIMIZERS = ("sgd", "adam")
+AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
 # Upper limits of noise and clip settings (beyond them nothing useful is learnt).
 MAX_NOISE_MULTIPLIER = 1e4
 MAX_CLIP_NORM = 1e6
@@ -68,6 +69,9 @@ class RunSettings:
     min_evaluate_nodes: int = 2
     evaluate_with_train: bool = False
     max_update_norm: float = 0.0
+    aggregation: str = "fedavg"
+    trim_fraction: float = 0.2
+    malicious_sites: int = 0
     round_timeout: float = 3600.0
     sites_file: str = ""
     results_dir: str = "results"
@@ -132,6 +136,12 @@ class RunSettings:
         _require(0 <= self.fraction_evaluate <= 1, "fraction-evaluate must be in [0, 1]")
         _require(self.min_train_nodes >= 1, "min-train-nodes must be >= 1")
         _require(self.min_evaluate_nodes >= 0, "min-evaluate-nodes must be >= 0")
+        _require(
+            self.aggregation in AGGREGATIONS,
+            f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}",
+        )
+        _require(0 <= self.trim_fraction < 0.5, "trim-fraction must be in [0, 0.5)")
+        _require(self.malicious_sites >= 0, "malicious-sites must be >= 0")
         _require(
             self.max_update_norm == 0 or _positive(self.max_update_norm),
             f"max-update-norm must be a finite number > 0 (0 = no bound), got "

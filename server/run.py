@@ -29,7 +29,7 @@ from common.task import build_model, pick_device, to_tensors
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server.progress import format_round
 from server.results import RunResults
-from server.strategy import PrivacyAwareFedAvg, RoundRecord
+from server.strategy import RoundRecord, make_strategy
 
 
 class FederatedRun:
@@ -69,7 +69,9 @@ class FederatedRun:
         by = settings.partition_by if settings.partitioner == "natural" else ""
         names = dict(enumerate(natural_partition_values(pool, by))) if by else {}
         done = self.checkpoint.completed_round if self.checkpoint else 0
-        self.strategy = PrivacyAwareFedAvg(
+        self.strategy = make_strategy(
+            settings.aggregation,
+            **_aggregation_options(settings),
             site_names=names,
             round_offset=done,
             max_update_norm=settings.max_update_norm,
@@ -223,6 +225,20 @@ class FederatedRun:
         }
         path = self.results.finish(summary)
         log(INFO, "Results written to %s", path)
+
+
+def _aggregation_options(settings: RunSettings) -> dict[str, Any]:
+    """The robust aggregation's own parameters (Flower's names)."""
+    if settings.aggregation == "trimmed-mean":
+        return {"beta": settings.trim_fraction}
+    if settings.aggregation in ("krum", "multi-krum"):
+        options: dict[str, Any] = {"num_malicious_nodes": settings.malicious_sites}
+        if settings.aggregation == "multi-krum":  # keep the n - f best-scored updates
+            options["num_nodes_to_select"] = max(
+                settings.min_train_nodes - settings.malicious_sites, 1
+            )
+        return options
+    return {}
 
 
 def _resumable_settings(settings: RunSettings) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from common.protocol import ARRAYS, DECISION, METRICS, STATUS_NAMES, TRAINED, from_array_record
 from server.update_validation import check_train_reply
@@ -43,10 +43,12 @@ class RoundRecord:
     seconds: float = 0.0  # wall time of the round at the server
 
 
-class PrivacyAwareFedAvg(FedAvg):
-    """Flower's FedAvg, plus: every site's reply is recorded (epsilon spent/budget/left, status,
-    the reason of a refusal, what its policy clamped), and replies of sites that refused to
-    train are left out of aggregation.
+class PrivacyAware(FedAvg):
+    """A Flower strategy, plus: every site's reply is recorded (epsilon spent/budget/left,
+    status, the reason of a refusal, what its policy clamped); replies are checked before
+    aggregation; replies of sites that refused or were rejected are left out. Mixed in front
+    of Flower's FedAvg, FedMedian, FedTrimmedAvg, Krum or MultiKrum (``make_strategy``), whose
+    own aggregation then runs on the accepted replies.
 
     site_names: optional partition-id -> display name (e.g. the hospital in simulation).
     """
@@ -220,3 +222,29 @@ class PrivacyAwareFedAvg(FedAvg):
         metrics = super().aggregate_evaluate(server_round, replies)
         rec.federated_eval = {k: v for k, v in (metrics or {}).items() if k.startswith("eval-")}
         return metrics
+
+
+class PrivacyAwareFedAvg(PrivacyAware, FedAvg):
+    """Weighted federated averaging (FedAvg) of the accepted replies."""
+
+
+# aggregation -> Flower strategy whose aggregate_train combines the accepted replies
+AGGREGATIONS: dict[str, type[FedAvg]] = {
+    "fedavg": FedAvg,
+    "median": FedMedian,  # coordinate-wise median
+    "trimmed-mean": FedTrimmedAvg,  # coordinate-wise mean without the beta tails
+    "krum": Krum,  # the update closest to its n - f - 2 nearest neighbours
+    "multi-krum": MultiKrum,  # the mean of the m best-scored updates
+}
+
+
+def make_strategy(aggregation: str, **kwargs: Any) -> PrivacyAware:
+    """The privacy-aware strategy on top of Flower's ``aggregation`` (see AGGREGATIONS); extra
+    keyword arguments go to it (e.g. beta, num_malicious_nodes, num_nodes_to_select)."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}")
+    base = AGGREGATIONS[aggregation]
+    if base is FedAvg:
+        return PrivacyAwareFedAvg(**kwargs)
+    cls = type(f"PrivacyAware{base.__name__}", (PrivacyAware, base), {})
+    return cls(**kwargs)

@@ -389,3 +389,45 @@ def test_evaluations_inside_train_replies_are_filed_under_the_model_they_evaluat
     }
     assert "Cleveland" not in s.rounds[2].sites  # it did not evaluate
     assert not any(k.startswith("eval-") for k in s.rounds[3].sites["Hungary"])
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "options"),
+    [
+        ("median", {}),
+        ("trimmed-mean", {"beta": 0.2}),
+        ("krum", {"num_malicious_nodes": 1}),
+        ("multi-krum", {"num_malicious_nodes": 1, "num_nodes_to_select": 3}),
+    ],
+)
+def test_robust_aggregation_resists_an_update_scaled_100x_where_fedavg_does_not(
+    aggregation, options
+):
+    from server.strategy import make_strategy
+
+    rng = np.random.default_rng(0)
+    honest = [rng.normal(1.0, 0.1, size=(1, 2)).astype(np.float32) for _ in range(4)]
+    poisoned = honest[0] * 100
+
+    def replies():
+        updates = [*honest, poisoned]
+        return [
+            trained(11 + i, 10, i, {"layer.weight": u, "layer.bias": u[0]})
+            for i, u in enumerate(updates)
+        ]
+
+    fedavg, _ = make_strategy("fedavg", min_train_nodes=1).aggregate_train(1, replies())
+    robust_strategy = make_strategy(aggregation, min_train_nodes=1, **options)
+    robust, _ = robust_strategy.aggregate_train(1, replies())
+    clean = np.mean(honest, axis=0)
+    assert np.abs(fedavg["layer.weight"].numpy() - clean).max() > 10  # the damage
+    assert np.abs(robust["layer.weight"].numpy() - clean).max() < 0.3
+    assert type(robust_strategy).__name__.startswith("PrivacyAware")
+    assert robust_strategy.rounds[1].trained_sites == 5  # still recorded per site
+
+
+def test_an_unknown_aggregation_is_named():
+    from server.strategy import make_strategy
+
+    with pytest.raises(ValueError, match="aggregation must be one of"):
+        make_strategy("mean-of-friends")
