@@ -157,12 +157,13 @@ class FederatedRun:
             return MetricRecord(rec.server_eval) if rec.server_eval else None  # done before
         now = time.time()
         rec.seconds, self._round_started = now - self._round_started, now
-        rec.model_sha256 = weights_digest(from_array_record(arrays))
+        state = from_array_record(arrays)  # once: digest, evaluation and checkpoint share it
+        rec.model_sha256 = weights_digest(state)
         if self.test_tensors is not None:
-            load_trainable_state(self.model, from_array_record(arrays))
+            load_trainable_state(self.model, state)
             result = evaluate(self.model, self.test_tensors, device=self.device)
             rec.server_eval = {"loss": result.loss, "accuracy": result.accuracy}
-        self.save_checkpoint(server_round, arrays)
+        self.save_checkpoint(server_round, state)
         self.results.write_rounds(
             [
                 _round_json(self.strategy.rounds[r], self.settings.dp)
@@ -172,13 +173,13 @@ class FederatedRun:
         log(INFO, format_round(rec, self.settings.num_server_rounds, self.settings.dp))
         return MetricRecord(rec.server_eval) if rec.server_eval else None
 
-    def save_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+    def save_checkpoint(self, server_round: int, arrays: dict[str, np.ndarray]) -> None:
         """Persist the global model after ``server_round`` with every round's records."""
         save_checkpoint(
             self.results.path,
             Checkpoint(
                 completed_round=server_round,
-                arrays=from_array_record(arrays),
+                arrays=arrays,
                 rounds=self.strategy.rounds,
                 run_key=self.run_key,
                 settings=_resumable_settings(self.settings),
@@ -190,7 +191,8 @@ class FederatedRun:
 
     def finish(self, arrays: ArrayRecord, stopped_early: str = "") -> None:
         """Save the final global model and the summary; publish the results folder."""
-        load_trainable_state(self.model, from_array_record(arrays))
+        state = from_array_record(arrays)
+        load_trainable_state(self.model, state)
         save_model(self.model, self.results.model_dir, self.tokenizer)
         completed = [r for r, rec in self.strategy.rounds.items() if rec.trained_sites and r > 0]
         final = self.strategy.rounds.get(max(completed, default=0))
@@ -202,7 +204,7 @@ class FederatedRun:
             "run-id": self.run_id,
             "flower-run-ids": self.flower_run_ids,  # more than one: the run was resumed
             "resumed": self.resumed,
-            "model-sha256": weights_digest(from_array_record(arrays)),
+            "model-sha256": weights_digest(state),
             "run-key": self.run_key,
             "privacy": "sample-level DP-SGD (Opacus) at each site"
             if self.settings.dp
