@@ -243,6 +243,8 @@ def _train(
         optimizer=s.optimizer,
         max_steps=request.local_steps or None,
         head_learning_rate=s.head_learning_rate or None,
+        grad_sample_mode=s.grad_sample_mode,
+        max_physical_batch_size=s.max_physical_batch_size or None,
     )
 
 

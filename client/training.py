@@ -22,15 +22,16 @@ import torch
 from opacus import PrivacyEngine
 from opacus.grad_sample.gsm_base import AbstractGradSampleHooks
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
+from common.config import GRAD_SAMPLE_MODES, OPTIMIZERS
+
 # "auto" uses ghost clipping above this many trainable parameters (full fine-tuning of a
 # transformer: per-example gradients would cost B x params memory) and hooks below it (LoRA,
 # tabular: per-example gradients are small and one backward pass is cheaper than ghost's two).
 GHOST_ABOVE_PARAMS = 1_000_000
-OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class TrainResult:
     loss: mean training loss over the examples seen; num_steps: optimizer steps taken (under
     Poisson sampling every batch counts, empty ones too: the number of DP releases);
     sample_rate: q; num_examples: n; noise_multiplier: sigma (0 without DP);
-    max_grad_norm: C (0 without DP: no clipping); dp: whether DP-SGD was used; seconds: wall time.
+    max_grad_norm: C (0 without DP: no clipping); dp: whether DP-SGD was used; seconds: wall time;
+    grad_sample_mode: how Opacus clipped ("hooks" or "ghost"; "" without DP).
     """
 
     loss: float
@@ -66,6 +68,7 @@ class TrainResult:
     max_grad_norm: float
     dp: bool
     seconds: float
+    grad_sample_mode: str = ""
 
 
 def sample_rate(num_examples: int, batch_size: int) -> float:
@@ -219,6 +222,7 @@ def train_locally(
     grad_sample_mode: str = "auto",
     max_steps: int | None = None,
     head_learning_rate: float | None = None,
+    max_physical_batch_size: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``dataset`` (tuples ``(*inputs, label)``; ``model(*inputs)``
     gives logits) with cross-entropy, for ``epochs`` epochs of ``steps_per_epoch(n, B)`` steps.
@@ -235,10 +239,17 @@ def train_locally(
     head_learning_rate: learning rate of the classification head (None = ``learning_rate``).
     max_steps: if set, take exactly this many steps (each a Poisson draw at rate q) instead of
         ``epochs`` full passes; the privacy cost is then max_steps releases at (sigma, q).
+    max_physical_batch_size: if set, a (logical) batch larger than this is run in chunks of at
+        most this many examples whose gradients are accumulated into one step: Opacus's
+        BatchMemoryManager under DP (clip per example in every chunk, noise once per logical
+        batch: the same release), plain gradient accumulation without DP. Memory then scales
+        with the chunk, not with B; the update is the same.
     """
     n = len(dataset)
     if n == 0:
         raise ValueError("cannot train on an empty dataset")
+    if max_physical_batch_size is not None and max_physical_batch_size < 1:
+        raise ValueError(f"max_physical_batch_size must be >= 1, got {max_physical_batch_size}")
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     if batch_size < 1 or epochs < 1 or not learning_rate > 0:
@@ -266,9 +277,20 @@ def train_locally(
         )
     steps, seen, loss_sum = 0, 0, 0.0
     try:
-        with _seeded(seed, device), warnings.catch_warnings():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_seeded(seed, device))
+            stack.enter_context(warnings.catch_warnings())
             # Opacus's hooks on a first layer whose input needs no grad: harmless, said per call
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            if dp is not None and max_physical_batch_size is not None:
+                assert isinstance(opt, DPOptimizer)
+                loader = stack.enter_context(
+                    BatchMemoryManager(
+                        data_loader=loader,
+                        max_physical_batch_size=max_physical_batch_size,
+                        optimizer=opt,
+                    )
+                )
             total = epochs * steps_per_epoch(n, batch_size) if max_steps is None else max_steps
             while steps < total:
                 for batch in loader:
@@ -276,14 +298,24 @@ def train_locally(
                         break
                     *inputs, labels = (t.to(device) for t in batch)
                     opt.zero_grad(set_to_none=True)
-                    steps += 1
                     if len(labels) == 0:
                         _noise_only_step(opt, params)
+                        steps += 1
                         continue
-                    loss = criterion(model(*inputs), labels)
-                    loss.backward()
+                    if dp is None:
+                        batch_loss = _accumulate_plain(
+                            model, criterion, inputs, labels, max_physical_batch_size
+                        )
+                    else:
+                        loss = criterion(model(*inputs), labels)
+                        loss.backward()
+                        batch_loss = loss.item()
                     opt.step()
-                    loss_sum += loss.item() * len(labels)
+                    # under BatchMemoryManager a chunk that does not end its logical batch
+                    # only clips and accumulates: the step (and the release) comes later
+                    if not getattr(opt, "_is_last_step_skipped", False):
+                        steps += 1
+                    loss_sum += batch_loss * len(labels)
                     seen += len(labels)
     finally:
         if hooks is not None:
@@ -298,4 +330,28 @@ def train_locally(
         max_grad_norm=dp.max_grad_norm if dp else 0.0,
         dp=dp is not None,
         seconds=time.perf_counter() - started,
+        grad_sample_mode=mode if dp is not None else "",
     )
+
+
+def _accumulate_plain(
+    model: nn.Module,
+    criterion: nn.Module,
+    inputs: list[torch.Tensor],
+    labels: torch.Tensor,
+    chunk: int | None,
+) -> float:
+    """Backward of the batch's mean loss, in chunks of at most ``chunk`` examples (gradient
+    accumulation: each chunk's mean loss weighted by its share of the batch); returns the loss."""
+    if chunk is None or len(labels) <= chunk:
+        loss = criterion(model(*inputs), labels)
+        loss.backward()
+        return loss.item()
+    total = 0.0
+    for start in range(0, len(labels), chunk):
+        part = slice(start, start + chunk)
+        share = len(labels[part]) / len(labels)
+        loss = criterion(model(*(t[part] for t in inputs)), labels[part]) * share
+        loss.backward()
+        total += loss.item()
+    return total

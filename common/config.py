@@ -24,6 +24,7 @@ class ConfigError(ValueError):
 MODELS = ("mlp", "logreg", "text")
 PARTITIONERS = ("iid", "dirichlet", "natural")
 OPTIMIZERS = ("sgd", "adam")
+GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
 # Upper limits of noise and clip settings (beyond them nothing useful is learnt).
 MAX_NOISE_MULTIPLIER = 1e4
@@ -57,6 +58,8 @@ class RunSettings:
     learning_rate: float = 0.05
     head_learning_rate: float = 0.0
     optimizer: str = "sgd"
+    max_physical_batch_size: int = 0
+    grad_sample_mode: str = "auto"
     dp: bool = True
     target_epsilon: float = 8.0
     target_delta: float = 0.0
@@ -105,6 +108,14 @@ class RunSettings:
         _require(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}")
         _require(self.server_eval_max_records >= 0, "server-eval-max-records must be >= 0")
         _require(self.batch_size >= 1, "batch-size must be >= 1")
+        _require(
+            self.max_physical_batch_size >= 0,
+            "max-physical-batch-size must be >= 0 (0 = the whole batch at once)",
+        )
+        _require(
+            self.grad_sample_mode in GRAD_SAMPLE_MODES,
+            f"grad-sample-mode must be one of {GRAD_SAMPLE_MODES}, got {self.grad_sample_mode!r}",
+        )
         _require(_positive(self.learning_rate), "learning-rate must be a finite number > 0")
         _require(
             self.head_learning_rate == 0 or _positive(self.head_learning_rate),

@@ -240,3 +240,58 @@ def test_bad_arguments_are_refused():
         )
     with pytest.raises(ValueError, match="max_grad_norm must be > 0"):
         DpSgdSettings(noise_multiplier=1.0, max_grad_norm=0.0)
+
+
+@pytest.mark.parametrize(("mode", "dp"), [("hooks", True), ("ghost", True), ("hooks", False)])
+def test_physical_batches_give_the_same_update_as_the_logical_batch(mode, dp):
+    """BatchMemoryManager (DP) / gradient accumulation (non-DP): chunks of 5 of an expected
+    batch of 16 take the same steps, with the same Poisson draws and noise, to the same model."""
+    data = _blobs(64)
+    models = [build_tabular_model("mlp", 4, 2) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    results = []
+    for model, physical in zip(models, [None, 5], strict=True):
+        results.append(
+            train_locally(
+                model,
+                data,
+                batch_size=16,
+                epochs=2,
+                learning_rate=0.5,
+                dp=DpSgdSettings(1.0, 0.1) if dp else None,
+                device="cpu",
+                seed=7,
+                grad_sample_mode=mode,
+                max_physical_batch_size=physical,
+            )
+        )
+    assert results[0].num_steps == results[1].num_steps == 2 * steps_per_epoch(64, 16)
+    assert results[1].grad_sample_mode == (mode if dp else "")
+    assert results[1].loss == pytest.approx(results[0].loss, rel=1e-5)
+    for key, value in models[0].state_dict().items():
+        torch.testing.assert_close(models[1].state_dict()[key], value, atol=1e-5, rtol=0)
+
+
+def test_physical_batches_bound_what_the_model_sees(monkeypatch):
+    seen: list[int] = []
+    model = build_tabular_model("mlp", 4, 2)
+    forward = model.forward
+
+    def spy(x):
+        seen.append(len(x))
+        return forward(x)
+
+    monkeypatch.setattr(model, "forward", spy)
+    result = train_locally(
+        model,
+        _blobs(96),
+        batch_size=48,
+        epochs=1,
+        learning_rate=0.1,
+        dp=DpSgdSettings(1.0, 1.0),
+        device="cpu",
+        seed=1,
+        max_physical_batch_size=8,
+    )
+    assert result.num_steps == 2
+    assert max(seen) <= 8 and sum(seen) > 48  # two logical batches of ~48, run 8 at a time
