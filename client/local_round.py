@@ -144,7 +144,7 @@ def run_train_round(
         log.info("site %s round %s: clamped %s", site.data.name, request.server_round, clamp)
     log.info(
         "site %s round %s: loss %.4f, epsilon %.3f of %.3f (delta %.2g, sigma %.3f, C %g, "
-        "q %.4f, %d steps)",
+        "q %.4f, %d steps, %s clipping, %.1f s)",
         site.data.name,
         request.server_round,
         result.loss,
@@ -155,6 +155,8 @@ def run_train_round(
         dp.max_grad_norm,
         q,
         result.num_steps,
+        result.grad_sample_mode,
+        result.seconds,
     )
     metrics = _metrics(
         base, result, (spent, grant.epsilon_budget, grant.delta), rounds_trained=rounds_trained
