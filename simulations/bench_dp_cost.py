@@ -1,0 +1,245 @@
+"""Benchmark: what DP-SGD costs in step time and memory, and what a site sends per round.
+
+    python -m simulations.bench_dp_cost [--steps 3] [--results-dir results]
+
+Table 1: the packaged all-MiniLM-L6-v2 (real weights), full fine-tuning and LoRA (r=8 on
+query/value), expected batch B in {16, 64} and sequence length L in {64, 128} (texts of
+rotten-tomatoes padded to L). Each case runs non-DP, DP-SGD with per-example gradients
+("hooks") and DP-SGD with ghost clipping ("ghost"), each in a fresh process, through
+``client.training.train_locally`` (sigma = 1, C = 1, Poisson q = 1/10). Step time =
+(time of warm-up + k steps - time of the warm-up step alone) / k; peak memory = the process's
+peak resident set (polled every 2 ms) while training, and the growth over the loaded model.
+Table 2: bytes of the ArrayRecord protobuf a site sends per round, full vs LoRA.
+Both tables are printed as Markdown and written to ``<results-dir>/bench-dp-cost.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+KINDS = ("full", "lora")
+BATCHES = (16, 64)
+LENGTHS = (64, 128)
+MODES = ("non-dp", "hooks", "ghost")
+BATCHES_PER_EPOCH = 10  # n = 10 B: Poisson rate q = 1/10
+TIME_TARGET = {"full": 1.5, "lora": 1.15}
+MEMORY_TARGET = 1.3  # full fine-tuning
+BYTES_TARGET = 300.0
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str
+    batch: int
+    length: int
+    mode: str
+
+    def arg(self) -> str:
+        return f"{self.kind}:{self.batch}:{self.length}:{self.mode}"
+
+    @classmethod
+    def parse(cls, text: str) -> Case:
+        kind, batch, length, mode = text.split(":")
+        return cls(kind, int(batch), int(length), mode)
+
+
+class PeakRss:
+    """Largest resident set size of this process seen while the block runs (polled)."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak = 0
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(self._interval)
+
+    def __enter__(self) -> PeakRss:
+        self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _model(kind: str):  # noqa: ANN202 - (TextClassifier, tokenizer), imported lazily
+    from common.data.assets import minilm_path
+    from common.models.text import LoraSettings, load_text_classifier
+
+    lora = (
+        LoraSettings(r=8, alpha=16, target_modules=("query", "value")) if kind == "lora" else None
+    )
+    return load_text_classifier(str(minilm_path()), 2, lora=lora, device="cpu", seed=0)
+
+
+def _dataset(tokenizer, n: int, length: int):  # noqa: ANN001, ANN202
+    """n rotten-tomatoes snippets padded (or cut) to exactly ``length`` tokens."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from common.data.registry import load_dataset
+
+    train, _ = load_dataset("rotten-tomatoes")
+    assert train.texts is not None
+    texts = train.texts[:n]
+    enc = tokenizer(
+        texts, truncation=True, max_length=length, padding="max_length", return_tensors="pt"
+    )
+    ids = enc["input_ids"]
+    positions = torch.arange(length).repeat(n, 1)
+    labels = torch.as_tensor(train.labels[:n])
+    return TensorDataset(ids, enc["attention_mask"], enc["token_type_ids"], positions, labels)
+
+
+def measure(case: Case, steps: int) -> dict[str, float]:
+    """Step time (s) and memory (MiB) of one case, in this process."""
+    import torch
+
+    from client.training import DpSgdSettings, train_locally
+
+    torch.manual_seed(0)
+    model, tokenizer = _model(case.kind)
+    data = _dataset(tokenizer, BATCHES_PER_EPOCH * case.batch, case.length)
+    dp = None if case.mode == "non-dp" else DpSgdSettings(1.0, 1.0)
+    mode = "hooks" if case.mode == "non-dp" else case.mode
+
+    def run(k: int) -> float:
+        return train_locally(
+            model,
+            data,
+            batch_size=case.batch,
+            epochs=1,
+            learning_rate=1e-4,
+            dp=dp,
+            device="cpu",
+            seed=k,
+            grad_sample_mode=mode,
+            max_steps=k,
+        ).seconds
+
+    import psutil
+
+    loaded = psutil.Process().memory_info().rss
+    warm = run(1)
+    with PeakRss() as peak:
+        total = run(1 + steps)
+    mib = 2**20
+    return {
+        "step_s": (total - warm) / steps,
+        "peak_mib": peak.peak / mib,
+        "growth_mib": (peak.peak - loaded) / mib,
+    }
+
+
+def _in_subprocess(case: Case, steps: int) -> dict[str, float]:
+    command = [sys.executable, "-m", "simulations.bench_dp_cost", "--one", case.arg()]
+    command += ["--steps", str(steps)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"case {case.arg()} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _ok(met: bool) -> str:
+    return "yes" if met else "**no**"
+
+
+def cost_table(results: dict[Case, dict[str, float]]) -> str:
+    """Markdown: non-DP vs each DP mode; the faster DP mode's ratios against the targets."""
+    head = (
+        "| model | B | L | non-DP s/step | DP hooks s/step | DP ghost s/step | faster DP mode "
+        "| time DP/non-DP | peak MiB non-DP | peak MiB DP | memory DP/non-DP "
+        "| growth MiB non-DP / DP | targets met |\n" + "|---" * 13 + "|\n"
+    )
+    rows = []
+    for kind in KINDS:
+        for batch in BATCHES:
+            for length in LENGTHS:
+                got = {m: results[Case(kind, batch, length, m)] for m in MODES}
+                best = min(("hooks", "ghost"), key=lambda m: got[m]["step_s"])
+                base, dp = got["non-dp"], got[best]
+                time_ratio = dp["step_s"] / base["step_s"]
+                mem_ratio = dp["peak_mib"] / base["peak_mib"]
+                met = time_ratio <= TIME_TARGET[kind]
+                target = f"time <= {TIME_TARGET[kind]}x: {_ok(met)}"
+                if kind == "full":
+                    target += f"; memory <= {MEMORY_TARGET}x: {_ok(mem_ratio <= MEMORY_TARGET)}"
+                rows.append(
+                    f"| MiniLM {kind} | {batch} | {length} | {base['step_s']:.2f} "
+                    f"| {got['hooks']['step_s']:.2f} | {got['ghost']['step_s']:.2f} | {best} "
+                    f"| {time_ratio:.2f}x | {base['peak_mib']:.0f} | {dp['peak_mib']:.0f} "
+                    f"| {mem_ratio:.2f}x | {base['growth_mib']:.0f} / {dp['growth_mib']:.0f} "
+                    f"| {target} |"
+                )
+    return head + "\n".join(rows) + "\n"
+
+
+def bytes_table() -> str:
+    """Markdown: protobuf bytes of the ArrayRecord a site sends per round, full vs LoRA."""
+    from flwr.common.serde import array_record_to_proto
+
+    from common.models.weights import trainable_state
+    from common.protocol import to_array_record
+
+    sizes = {}
+    for kind in KINDS:
+        model, _ = _model(kind)
+        state = trainable_state(model)
+        record = array_record_to_proto(to_array_record(state))
+        sizes[kind] = (sum(v.size for v in state.values()), record.ByteSize())
+    ratio = sizes["full"][1] / sizes["lora"][1]
+    lines = [
+        "| model | parameters sent | bytes per site per round |",
+        "|---|---|---|",
+        *(f"| MiniLM {k} | {sizes[k][0]:,} | {sizes[k][1]:,} |" for k in KINDS),
+        f"\nFull / LoRA: **{ratio:.0f}x** smaller (target >= {BYTES_TARGET:.0f}x: "
+        f"{_ok(ratio >= BYTES_TARGET)}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per case (k)")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # kind:B:L:mode, in a child process
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(measure(Case.parse(args.one), args.steps)))
+        return 0
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    results = {}
+    cases = [Case(k, b, n, m) for k in KINDS for b in BATCHES for n in LENGTHS for m in MODES]
+    for i, case in enumerate(cases, 1):
+        results[case] = _in_subprocess(case, args.steps)
+        print(f"[{i}/{len(cases)}] {case.arg()}: {results[case]}", flush=True)
+    report = (
+        "### DP-SGD step time and memory (MiniLM, 2 CPU cores)\n\n"
+        + cost_table(results)
+        + "\n### Bytes sent per site per round\n\n"
+        + bytes_table()
+    )
+    print(report)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "bench-dp-cost.md").write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
