@@ -7,8 +7,11 @@ query/value), expected batch B in {16, 64} and sequence length L in {64, 128} (t
 rotten-tomatoes padded to L). Each case runs non-DP, DP-SGD with per-example gradients
 ("hooks") and DP-SGD with ghost clipping ("ghost"), each in a fresh process, through
 ``client.training.train_locally`` (sigma = 1, C = 1, Poisson q = 1/10). Step time =
-(time of warm-up + k steps - time of the warm-up step alone) / k; peak memory = the process's
-peak resident set (polled every 2 ms) while training, and the growth over the loaded model.
+(CPU time of warm-up + k steps - CPU time of the warm-up step alone) / k, with one torch thread:
+the machine is shared, and CPU time of a single-threaded process does not grow when other
+processes compete for the cores as wall time does (wall time is reported too). Peak memory =
+the process's peak resident set (polled every 2 ms) while training, and the growth over the
+loaded model.
 Table 2: bytes of the ArrayRecord protobuf a site sends per round, full vs LoRA.
 Both tables are printed as Markdown and written to ``<results-dir>/bench-dp-cost.md``.
 """
@@ -119,8 +122,9 @@ def measure(case: Case, steps: int) -> dict[str, float]:
     dp = None if case.mode == "non-dp" else DpSgdSettings(1.0, 1.0)
     mode = "hooks" if case.mode == "non-dp" else case.mode
 
-    def run(k: int) -> float:
-        return train_locally(
+    def run(k: int) -> tuple[float, float]:
+        cpu = time.process_time()
+        wall = train_locally(
             model,
             data,
             batch_size=case.batch,
@@ -132,16 +136,18 @@ def measure(case: Case, steps: int) -> dict[str, float]:
             grad_sample_mode=mode,
             max_steps=k,
         ).seconds
+        return time.process_time() - cpu, wall
 
     import psutil
 
     loaded = psutil.Process().memory_info().rss
-    warm = run(1)
+    warm, warm_wall = run(1)
     with PeakRss() as peak:
-        total = run(1 + steps)
+        total, total_wall = run(1 + steps)
     mib = 2**20
     return {
         "step_s": (total - warm) / steps,
+        "wall_step_s": (total_wall - warm_wall) / steps,
         "peak_mib": peak.peak / mib,
         "growth_mib": (peak.peak - loaded) / mib,
     }
@@ -150,7 +156,8 @@ def measure(case: Case, steps: int) -> dict[str, float]:
 def _in_subprocess(case: Case, steps: int) -> dict[str, float]:
     command = [sys.executable, "-m", "simulations.bench_dp_cost", "--one", case.arg()]
     command += ["--steps", str(steps)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"case {case.arg()} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -163,7 +170,8 @@ def _ok(met: bool) -> str:
 def cost_table(results: dict[Case, dict[str, float]]) -> str:
     """Markdown: non-DP vs each DP mode; the faster DP mode's ratios against the targets."""
     head = (
-        "| model | B | L | non-DP s/step | DP hooks s/step | DP ghost s/step | faster DP mode "
+        "| model | B | L | non-DP CPU s/step | DP hooks CPU s/step | DP ghost CPU s/step "
+        "| faster DP mode "
         "| time DP/non-DP | peak MiB non-DP | peak MiB DP | memory DP/non-DP "
         "| growth MiB non-DP / DP | targets met |\n" + "|---" * 13 + "|\n"
     )
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         results[case] = _in_subprocess(case, args.steps)
         print(f"[{i}/{len(cases)}] {case.arg()}: {results[case]}", flush=True)
     report = (
-        "### DP-SGD step time and memory (MiniLM, 2 CPU cores)\n\n"
+        "### DP-SGD step time and memory (MiniLM, CPU, one thread)\n\n"
         + cost_table(results)
         + "\n### Bytes sent per site per round\n\n"
         + bytes_table()
