@@ -69,7 +69,8 @@ def write_report(folder: Path, baseline: Path | None = None) -> Path:
     (folder / FIGURES_DIR).mkdir(exist_ok=True)
     images: dict[str, bytes] = {}
     for name, fig in drawn.items():
-        if fig is None:
+        if fig is None:  # nothing recorded for it: no stale figure of an earlier report either
+            (folder / FIGURES_DIR / f"{name}.png").unlink(missing_ok=True)
             continue
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110)

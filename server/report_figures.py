@@ -83,6 +83,7 @@ def epsilon_per_round(rounds: Rounds, summary: Summary) -> Figure | None:
     config = summary.get("config", {})
     fig, ax = plt.subplots(figsize=(8, 4.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    plotted = False
     for i, site in enumerate(site_names(rounds, summary)):
         points = [
             (r["round"], r["sites"][site]["epsilon-spent"])
@@ -98,9 +99,10 @@ def epsilon_per_round(rounds: Rounds, summary: Summary) -> Figure | None:
             delta = entry.get("delta")
             label = f"{site} (delta={delta:.2g})" if delta else site
             ax.plot(x, y, marker="o", color=colour, label=label)
+            plotted = True
         if entry.get("epsilon-budget"):
             ax.axhline(entry["epsilon-budget"], color=colour, linestyle="--", linewidth=1)
-    if not ax.lines:
+    if not plotted:  # a non-private run: no finite epsilon
         return _close(fig)
     ax.set(
         xlabel="round",
