@@ -245,7 +245,8 @@ def _html(
             "log((TPR-delta)/FPR) and log((1-FPR-delta)/(1-TPR)) with one-sided Clopper-Pearson "
             "bounds (95% jointly per threshold; Jagielski et al. 2020, Nasr et al. 2021). With "
             "few non-members a TPR at 0.1% FPR means at zero false positives, and the bound "
-            "cannot exceed about log(n_non-members).</p>",
+            "cannot exceed about log(n_non-members). The audit's aggregate figures are computed on "
+            "the sites' records after training and are not part of the DP accounting.</p>",
         ]
     if any(s.get("fairness") for s in runs.values()):
         fair = next(s["fairness"] for s in runs.values() if s.get("fairness"))
