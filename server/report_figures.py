@@ -205,6 +205,8 @@ def audit(runs: dict[str, Summary]) -> Figure | None:
         ax.set_xticks(x + width * len(bars) / 2, sites, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
+    tallest = max((b.get_height() for b in left.patches if np.isfinite(b.get_height())), default=0)
+    left.set_ylim(0, max(tallest, 0.5) * 1.8)  # room for the legend above the bars
     confidence = next(iter(next(iter(runs.values()))["audit"].values()), {}).get("confidence")
     left.set(ylabel="epsilon", title=f"Membership-inference audit: epsilon ({confidence:.0%} CP)")
     right.axhline(0.5, color="grey", linestyle="--", linewidth=1)
@@ -233,7 +235,18 @@ def fairness(runs: dict[str, Summary]) -> Figure | None:
                 width,
                 label=f"{label} (gap {gap:.3f})" if gap is not None else label,
             )
-        ax.set_xticks(x + width * (len(runs) - 1) / 2, groups)
+        sizes = [
+            next(
+                s["fairness"]["groups"][g]["records"]
+                for s in runs.values()
+                if g in s["fairness"]["groups"]
+            )
+            for g in groups
+        ]
+        ax.set_xticks(
+            x + width * (len(runs) - 1) / 2,
+            [f"{g}\n(n={n})" for g, n in zip(groups, sizes, strict=True)],
+        )
         ax.set(title=metric, ylim=(0, 1))
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
