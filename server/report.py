@@ -86,7 +86,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:.{digits}f}"
+        if math.isinf(value):
+            return "inf"
+        small = value != 0 and abs(value) < 0.01  # e.g. delta: keep 2 significant digits
+        return f"{value:.2g}" if small else f"{value:.{digits}f}"
     return str(value)
 
 

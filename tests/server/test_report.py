@@ -139,7 +139,7 @@ def test_report_has_every_figure_and_names_every_site_with_its_epsilon_and_budge
     ):
         row = next(r for r in rows if r.startswith(f"<td>{site}</td>"))
         cells = re.findall(r"<td>(.*?)</td>", row)
-        assert cells[1:4] == [epsilon, budget, "0.001"], cells  # epsilon, budget, delta
+        assert cells[1:4] == [epsilon, budget, "0.0005"], cells  # epsilon, budget, delta
     assert "would spend 5.1 &gt; 3.0" in text  # the refusal's reason, escaped
     assert "no reply in time" in text and "pld" in text
     assert "non-DP baseline" in text and "Female" in text
