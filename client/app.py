@@ -43,6 +43,14 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's local validation split (aggregate metrics only)."""
     site = site_from_context(context)
+    config = dict(msg.content[CONFIG]) if CONFIG in msg.content else {}
+    if config.get("final-evaluation"):  # after the last round: group counts, optional audit
+        from client.final_evaluation import final_evaluation  # scipy/sklearn: only here
+
+        metrics = final_evaluation(
+            site, from_array_record(msg.content[ARRAYS]), audit=bool(config.get("audit"))
+        )
+        return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
     model, dataset, _ = site_model(site, from_array_record(msg.content[ARRAYS]), "validation")
     result = evaluate(model, dataset, device=site.device)
     metrics = {

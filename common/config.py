@@ -80,6 +80,8 @@ class RunSettings:
     results_dir: str = "results"
     run_name: str = ""
     resume: bool = False
+    audit: bool = False
+    sensitive_column: str = ""
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:

@@ -24,6 +24,7 @@ def main(grid: Grid, context: Context) -> None:
     with FederatedRun(settings, run_name, context.run_id) as run:
         start = run.start_weights()
         if run.remaining_rounds <= 0:  # resumed after the last round's checkpoint
+            run.final_evaluation(grid, start)
             run.finish(start)
             return
         try:
@@ -37,6 +38,8 @@ def main(grid: Grid, context: Context) -> None:
             )
         except RunStopped as stop:
             log(WARNING, "Run stopped early: %s", stop)
+            run.final_evaluation(grid, run.latest_arrays)
             run.finish(run.latest_arrays, stopped_early=str(stop))
         else:
+            run.final_evaluation(grid, result.arrays)
             run.finish(result.arrays)

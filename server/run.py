@@ -16,17 +16,20 @@ import torch
 import transformers
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
+from flwr.serverapp import Grid
 
 from client.evaluation import evaluate
 from client.request import TrainRequest
-from common.config import RunSettings
+from common.config import ConfigError, RunSettings
 from common.data.partition import natural_partition_values
 from common.data.registry import load_dataset
+from common.group_counts import sensitive_values
 from common.models.save import save_model
 from common.models.weights import load_trainable_state, trainable_state, weights_digest
 from common.protocol import from_array_record, to_array_record
 from common.task import build_model, pick_device, to_tensors
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from server.final_evaluation import run_final_evaluation
 from server.progress import format_round
 from server.results import RunResults
 from server.strategy import RoundRecord, make_strategy
@@ -57,6 +60,13 @@ class FederatedRun:
             _check_same_run(self.checkpoint.settings, settings)
         self.device = pick_device()
         pool, test = load_dataset(settings.dataset, settings.seed)
+        if settings.sensitive_column:  # checked before any site trains
+            try:
+                sensitive_values(test, settings.sensitive_column)
+            except ValueError as err:
+                raise ConfigError(f"dataset {settings.dataset}: {err}") from err
+        self.positive_class = test.class_names[-1]
+        self.final_sections: dict[str, Any] = {}  # final evaluation, audit, fairness
         self.model, self.tokenizer = build_model(settings, test, self.device)
         if settings.server_eval_max_records and len(test) > settings.server_eval_max_records:
             keep = np.random.default_rng(settings.seed).permutation(len(test))
@@ -189,6 +199,27 @@ class FederatedRun:
             ),
         )
 
+    def final_evaluation(self, grid: Grid, arrays: ArrayRecord) -> None:
+        """With ``audit`` or ``sensitive-column``: the sites evaluate the final model once more
+        (server/final_evaluation.py). A failure here is logged and recorded, not fatal: the
+        trained model and its records are kept."""
+        if not (self.settings.audit or self.settings.sensitive_column):
+            return
+        try:
+            self.final_sections = run_final_evaluation(
+                grid,
+                self.strategy,
+                arrays,
+                server_round=max(self.strategy.rounds, default=0),
+                audit=self.settings.audit,
+                sensitive_column=self.settings.sensitive_column,
+                positive_class=self.positive_class,
+                timeout=self.settings.round_timeout,
+            )
+        except Exception as err:  # the run's results must survive it
+            log(WARNING, "final evaluation failed: %r", err)
+            self.final_sections = {"final-evaluation": {"sites": {}, "failures": [repr(err)]}}
+
     def finish(self, arrays: ArrayRecord, stopped_early: str = "") -> None:
         """Save the final global model and the summary; publish the results folder."""
         state = from_array_record(arrays)
@@ -224,9 +255,21 @@ class FederatedRun:
                 "opacus": opacus.__version__,
                 "transformers": transformers.__version__,
             },
-        }
+        } | self.final_sections
         path = self.results.finish(summary)
         log(INFO, "Results written to %s", path)
+        try:
+            from server.report import write_report  # matplotlib: only once the run is done
+
+            log(INFO, "Report written to %s", write_report(path))
+        except Exception as err:  # the results are complete without it
+            log(
+                WARNING,
+                "the report could not be written (%r); the results are complete: "
+                "retry with `fedpriv-report %s`",
+                err,
+                path,
+            )
 
 
 def _aggregation_options(settings: RunSettings) -> dict[str, Any]:

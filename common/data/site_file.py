@@ -50,6 +50,7 @@ def load_site_file(
             labels=labels,
             class_names=names,
             texts=_texts(frame[text_column], path, text_column),
+            columns=_other_columns(frame, [label_column, text_column]),
         )
     if feature_columns is None:
         feature_columns = [c for c in frame.select_dtypes("number").columns if c != label_column]
@@ -65,7 +66,14 @@ def load_site_file(
         class_names=names,
         features=_features(frame, path, feature_columns),
         feature_names=list(feature_columns),
+        columns=_other_columns(frame, [label_column, *feature_columns]),
     )
+
+
+def _other_columns(frame: pd.DataFrame, used: list[str]) -> dict[str, np.ndarray]:
+    """Columns that are neither label, text nor feature, as text (e.g. a sensitive attribute
+    for group counts); never fed to the model."""
+    return {str(c): frame[c].astype(str).to_numpy() for c in frame.columns if c not in used}
 
 
 def write_site_file(data: LabeledData, path: str | Path) -> None:

@@ -155,3 +155,11 @@ def test_text_and_class_named_na_are_kept(tmp_path):
     path.write_text("t,y\nNA,NA\nnull,ok\n")
     data = load_site_file(path, label_column="y", text_column="t")
     assert data.texts == ["NA", "null"] and data.class_names == ["NA", "ok"]
+
+
+def test_columns_that_are_not_label_or_features_are_kept_for_group_counts(tmp_path):
+    path = tmp_path / "site.csv"
+    path.write_text("age,chol,sex,label\n50,200,Male,1\n61,180,Female,0\n")
+    data = load_site_file(path, label_column="label", feature_columns=["age", "chol"])
+    assert list(data.columns) == ["sex"] and list(data.columns["sex"]) == ["Male", "Female"]
+    assert data.feature_names == ["age", "chol"]  # sex never reaches the model
