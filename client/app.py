@@ -9,6 +9,7 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.client_dp import client_clipping_mod
 from client.evaluation import evaluate
 from client.local_round import run_train_round, site_model
 from client.site_context import site_from_context
@@ -21,7 +22,7 @@ from common.protocol import (
     to_array_record,
 )
 
-app = ClientApp()
+app = ClientApp(mods=[client_clipping_mod])  # a no-op unless client-dp = client-*
 
 
 @app.train()

@@ -25,6 +25,7 @@ MODELS = ("mlp", "logreg", "text")
 PARTITIONERS = ("iid", "dirichlet", "natural")
 OPTIMIZERS = ("sgd", "adam")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
+CLIENT_DP_MODES = ("off", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 # Upper limits of noise and clip settings (beyond them nothing useful is learnt).
 MAX_NOISE_MULTIPLIER = 1e4
 MAX_CLIP_NORM = 1e6
@@ -72,6 +73,13 @@ class RunSettings:
     aggregation: str = "fedavg"
     trim_fraction: float = 0.2
     malicious_sites: int = 0
+    client_dp: str = "off"
+    client_noise_multiplier: float = 1.0
+    client_clipping_norm: float = 1.0
+    client_target_quantile: float = 0.5
+    client_clip_lr: float = 0.2
+    client_clipped_count_stddev: float = 1.0
+    client_dp_delta: float = 1e-5
     round_timeout: float = 3600.0
     sites_file: str = ""
     results_dir: str = "results"
@@ -142,6 +150,7 @@ class RunSettings:
         )
         _require(0 <= self.trim_fraction < 0.5, "trim-fraction must be in [0, 0.5)")
         _require(self.malicious_sites >= 0, "malicious-sites must be >= 0")
+        self._validate_client_dp()
         _require(
             self.max_update_norm == 0 or _positive(self.max_update_norm),
             f"max-update-norm must be a finite number > 0 (0 = no bound), got "
@@ -155,6 +164,39 @@ class RunSettings:
             not self.resume or bool(self.run_name),
             "resume=true needs the run-name of the run to resume",
         )
+
+    def _validate_client_dp(self) -> None:
+        _require(
+            self.client_dp in CLIENT_DP_MODES,
+            f"client-dp must be one of {CLIENT_DP_MODES}, got {self.client_dp!r}",
+        )
+        if self.client_dp == "off":
+            return
+        _require(
+            self.aggregation == "fedavg",
+            f"client-dp={self.client_dp} needs aggregation='fedavg' (its noise is calibrated to "
+            f"the mean of clipped updates), got {self.aggregation!r}",
+        )
+        _require(
+            _positive(self.client_noise_multiplier)
+            and self.client_noise_multiplier <= MAX_NOISE_MULTIPLIER,
+            f"client-noise-multiplier must be in (0, {MAX_NOISE_MULTIPLIER:g}], got "
+            f"{self.client_noise_multiplier}",
+        )
+        _require(
+            _positive(self.client_clipping_norm) and self.client_clipping_norm <= MAX_CLIP_NORM,
+            f"client-clipping-norm (C) must be in (0, {MAX_CLIP_NORM:g}]",
+        )
+        _require(0 < self.client_dp_delta < 1, "client-dp-delta must be in (0, 1)")
+        if self.client_dp.endswith("adaptive"):
+            _require(0 <= self.client_target_quantile <= 1, "client-target-quantile: [0, 1]")
+            _require(_positive(self.client_clip_lr), "client-clip-lr must be > 0")
+            _require(
+                _positive(self.client_clipped_count_stddev)
+                and self.client_noise_multiplier < 2 * self.client_clipped_count_stddev,
+                "adaptive clipping needs client-clipped-count-stddev > client-noise-multiplier"
+                f" / 2 (Andrew et al.), got {self.client_clipped_count_stddev}",
+            )
 
 
 @dataclass(frozen=True)

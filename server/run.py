@@ -27,9 +27,10 @@ from common.models.weights import load_trainable_state, trainable_state, weights
 from common.protocol import from_array_record, to_array_record
 from common.task import build_model, pick_device, to_tensors
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from server.client_dp import client_level_dp_summary, with_client_dp
 from server.progress import format_round
 from server.results import RunResults
-from server.strategy import RoundRecord, make_strategy
+from server.strategy import UNIFORM_WEIGHT, RoundRecord, make_strategy
 
 
 class FederatedRun:
@@ -82,6 +83,8 @@ class FederatedRun:
             fraction_evaluate=0.0 if settings.evaluate_with_train else settings.fraction_evaluate,
             min_evaluate_nodes=0 if settings.evaluate_with_train else settings.min_evaluate_nodes,
         )
+        # what Flower's loop runs: the strategy, wrapped for client-level DP when asked
+        self.flower_strategy = with_client_dp(self.strategy, settings)
         if self.checkpoint is not None:
             self.strategy.rounds = dict(self.checkpoint.rounds)
             self.run_key = self.checkpoint.run_key
@@ -210,6 +213,7 @@ class FederatedRun:
             if self.settings.dp
             else "NON-PRIVATE BASELINE (dp=false): no differential privacy",
             "config": asdict(self.settings),
+            "client-level-dp": client_level_dp_summary(self.strategy.rounds, self.settings),
             "final-round": None if final is None else _round_json(final, self.settings.dp),
             "sites": site_summaries(self.strategy.rounds),
             "rejected-updates": [
@@ -240,6 +244,8 @@ def _aggregation_options(settings: RunSettings) -> dict[str, Any]:
                 settings.min_train_nodes - settings.malicious_sites, 1
             )
         return options
+    if settings.client_dp != "off":  # DP-FedAvg: noise is calibrated to an unweighted mean
+        return {"weighted_by_key": UNIFORM_WEIGHT}
     return {}
 
 
@@ -270,6 +276,7 @@ def _round_json(rec: RoundRecord, dp: bool) -> dict[str, Any]:
         "failures": rec.failures,
         "dropped": rec.dropped,
         "rejected": rec.rejected,
+        "client-dp": rec.client_dp,
         "model-sha256": rec.model_sha256,
         "seconds": rec.seconds,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -15,6 +16,9 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Mult
 
 from common.protocol import ARRAYS, DECISION, METRICS, STATUS_NAMES, TRAINED, from_array_record
 from server.update_validation import check_train_reply
+
+UNIFORM_WEIGHT = "client-dp-weight"  # weighted_by_key that gives every accepted update weight 1
+CLIP_TOLERANCE = 1.0001  # a site-clipped update may exceed C by float32 rounding only
 
 
 class RunStopped(Exception):
@@ -38,6 +42,7 @@ class RoundRecord:
     failures: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # sites that did not reply in time
     rejected: list[str] = field(default_factory=list)  # "site: reason" of updates refused
+    client_dp: dict[str, Any] = field(default_factory=dict)  # client-level DP of this round
     trained_sites: int = 0
     model_sha256: str = ""  # digest of the global model after this round
     seconds: float = 0.0  # wall time of the round at the server
@@ -71,6 +76,7 @@ class PrivacyAware(FedAvg):
         self.node_labels: dict[int, str] = {}  # node id -> site label, learnt from replies
         self._sent: dict[int, list[Message]] = {}  # round -> the train messages sent
         self._global: dict[str, Any] | None = None  # the arrays sent this round
+        self._accepted_round: int | None = None  # set by a client-DP wrapper that ran accept()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -119,7 +125,25 @@ class PrivacyAware(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self._accepted_round == server_round:  # checked and clipped by a client-DP wrapper
+            self._accepted_round = None
+            trained = list(replies)
+        else:
+            trained = self.accept(server_round, replies)
+        arrays, metrics = super().aggregate_train(server_round + self.round_offset, trained)
+        rec = self.record(server_round + self.round_offset)
+        rec.train = {k: v for k, v in (metrics or {}).items() if k == "train-loss"}
+        return arrays, metrics
+
+    def accept(
+        self, server_round: int, replies: Iterable[Message], clip_norm: float = 0.0
+    ) -> list[Message]:
+        """Record every reply of Flower's round ``server_round``; return the trained replies
+        that passed ``check_train_reply`` (update norm also bounded by ``clip_norm`` when the
+        sites clip it themselves). Raises RunStopped / RoundFailed when too few are left."""
         server_round += self.round_offset
+        bounds = [b for b in (self.max_update_norm, clip_norm * CLIP_TOLERANCE) if b]
+        bound = min(bounds, default=0.0)  # 0 = no bound
         rec = self.record(server_round)
         trained: list[Message] = []
         replies = list(replies)
@@ -154,7 +178,7 @@ class PrivacyAware(FedAvg):
             }
             reason = None
             if status == TRAINED and self._global is not None:
-                reason = check_train_reply(msg.content, self._global, self.max_update_norm)
+                reason = check_train_reply(msg.content, self._global, bound)
             if reason is not None:
                 rec.rejected.append(f"{label}: {reason}")
                 rec.sites[label]["status"] = "rejected"
@@ -185,14 +209,17 @@ class PrivacyAware(FedAvg):
                 f"round {server_round}: only {len(trained)} site(s) could train (min-train-nodes"
                 f"={self.min_train_nodes}); refused: {reasons or 'none'}"
             )
-        arrays, metrics = super().aggregate_train(server_round, trained)
-        rec.train = {k: v for k, v in (metrics or {}).items() if k == "train-loss"}
-        return arrays, metrics
+        if self.weighted_by_key == UNIFORM_WEIGHT:  # client-level DP: every site counts once
+            for msg in trained:
+                msg.content[METRICS][UNIFORM_WEIGHT] = 1.0
+        return trained
 
     def _record_received_eval(self, model_round: int, label: str, metrics: dict) -> None:
         """With evaluate-with-train, a train reply also holds the site's evaluation of the
         model it received, i.e. of round ``model_round``'s global model: file it there."""
-        examples = int(metrics.pop("eval-examples", 0))
+        examples = metrics.pop("eval-examples", 0)
+        valid = isinstance(examples, int | float) and math.isfinite(examples)
+        examples = int(examples) if valid else 0  # an untrusted value
         scores = {k: metrics.pop(k) for k in ("eval-loss", "eval-accuracy") if k in metrics}
         if examples > 0 and model_round >= 0:
             entry = self.record(model_round).sites.setdefault(label, {})
