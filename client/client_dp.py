@@ -9,12 +9,13 @@ through unchanged (Flower's mods would turn it into an error).
 
 from __future__ import annotations
 
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.app.message_type import MessageType
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from common.protocol import ARRAYS
+from common.protocol import ARRAYS, CONFIG
 
 CLIPPING_MODS = {"client-fixed": fixedclipping_mod, "client-adaptive": adaptiveclipping_mod}
 
@@ -27,6 +28,9 @@ def client_clipping_mod(msg: Message, context: Context, call_next: ClientAppCall
     refusal: list[Message] = []
 
     def site(message: Message, ctxt: Context) -> Message:
+        # C is for this mod, not a training parameter: the site's request holds no such key
+        config = {k: v for k, v in message.content[CONFIG].items() if k != KEY_CLIPPING_NORM}
+        message.content[CONFIG] = ConfigRecord(config)
         reply = call_next(message, ctxt)
         if not reply.has_error() and ARRAYS not in reply.content:
             refusal.append(reply)
