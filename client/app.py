@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 from client.client_dp import client_clipping_mod
 from client.evaluation import evaluate
 from client.local_round import run_train_round, site_model
+from client.secure_aggregation import secure_aggregation_mod
 from client.site_context import site_from_context
 from common.protocol import (
     ARRAYS,
@@ -22,7 +23,8 @@ from common.protocol import (
     to_array_record,
 )
 
-app = ClientApp(mods=[client_clipping_mod])  # a no-op unless client-dp = client-*
+# mods: SecAgg+ when the round runs it, client-side clipping when client-dp = client-*
+app = ClientApp(mods=[secure_aggregation_mod, client_clipping_mod])
 
 
 @app.train()

@@ -80,6 +80,12 @@ class RunSettings:
     client_clip_lr: float = 0.2
     client_clipped_count_stddev: float = 1.0
     client_dp_delta: float = 1e-5
+    secure_aggregation: bool = False
+    secagg_num_shares: int = 0
+    secagg_reconstruction_threshold: int = 0
+    secagg_max_weight: float = 1000.0
+    secagg_clipping_range: float = 8.0
+    secagg_quantization_range: int = 4194304
     round_timeout: float = 3600.0
     sites_file: str = ""
     results_dir: str = "results"
@@ -151,6 +157,7 @@ class RunSettings:
         _require(0 <= self.trim_fraction < 0.5, "trim-fraction must be in [0, 0.5)")
         _require(self.malicious_sites >= 0, "malicious-sites must be >= 0")
         self._validate_client_dp()
+        self._validate_secure_aggregation()
         _require(
             self.max_update_norm == 0 or _positive(self.max_update_norm),
             f"max-update-norm must be a finite number > 0 (0 = no bound), got "
@@ -197,6 +204,38 @@ class RunSettings:
                 "adaptive clipping needs client-clipped-count-stddev > client-noise-multiplier"
                 f" / 2 (Andrew et al.), got {self.client_clipped_count_stddev}",
             )
+
+    def _validate_secure_aggregation(self) -> None:
+        if not self.secure_aggregation:
+            return
+        _require(
+            self.aggregation == "fedavg",
+            "secure-aggregation needs aggregation='fedavg' (the server sees only the sum)",
+        )
+        _require(
+            self.client_dp == "off",
+            "secure-aggregation cannot be combined with client-dp yet (Flower's DP wrappers "
+            "need each site's update at the server)",
+        )
+        _require(
+            self.secagg_num_shares == 0 or self.secagg_num_shares > 2,
+            "secagg-num-shares must be 0 (every sampled site) or > 2",
+        )
+        _require(
+            self.secagg_reconstruction_threshold == 0 or 2 <= self.secagg_reconstruction_threshold,
+            "secagg-reconstruction-threshold must be 0 (half the shares) or >= 2",
+        )
+        _require(
+            self.secagg_num_shares == 0
+            or self.secagg_reconstruction_threshold < self.secagg_num_shares,
+            "secagg-reconstruction-threshold must be below secagg-num-shares",
+        )
+        _require(_positive(self.secagg_max_weight), "secagg-max-weight must be > 0")
+        _require(_positive(self.secagg_clipping_range), "secagg-clipping-range must be > 0")
+        _require(
+            0 < self.secagg_quantization_range < 2**32,
+            "secagg-quantization-range must be in (0, 2^32)",
+        )
 
 
 @dataclass(frozen=True)

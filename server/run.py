@@ -30,6 +30,7 @@ from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save
 from server.client_dp import client_level_dp_summary, with_client_dp
 from server.progress import format_round
 from server.results import RunResults
+from server.secure_aggregation import with_secure_aggregation
 from server.strategy import UNIFORM_WEIGHT, RoundRecord, make_strategy
 
 
@@ -84,7 +85,11 @@ class FederatedRun:
             min_evaluate_nodes=0 if settings.evaluate_with_train else settings.min_evaluate_nodes,
         )
         # what Flower's loop runs: the strategy, wrapped for client-level DP when asked
-        self.flower_strategy = with_client_dp(self.strategy, settings)
+        self.flower_strategy = (
+            with_secure_aggregation(self.strategy, settings)
+            if settings.secure_aggregation
+            else with_client_dp(self.strategy, settings)
+        )
         if self.checkpoint is not None:
             self.strategy.rounds = dict(self.checkpoint.rounds)
             self.run_key = self.checkpoint.run_key
