@@ -35,14 +35,21 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
         return call_next(msg, context)
 
     def site(request: Message, ctxt: Context) -> Message:
-        return as_fit_reply(request, call_next(request, ctxt))
+        # the protocol's record is for the SecAgg+ mod only (it has read it by now)
+        del request.content.config_records[RECORD_KEY_CONFIGS]
+        return as_fit_reply(request, call_next(request, ctxt), uniform)
+
+    # client-level DP: every site counts once; the largest weight keeps quantization finest
+    client_dp = str(context.run_config.get("client-dp", "off")) != "off"
+    uniform = int(float(context.run_config.get("secagg-max-weight", 1))) if client_dp else 0
 
     return secaggplus_mod(msg, context, site)
 
 
-def as_fit_reply(request: Message, reply: Message) -> Message:
+def as_fit_reply(request: Message, reply: Message, uniform: int = 0) -> Message:
     """Add to ``reply`` (in place) the legacy FitRes records the SecAgg+ mod reads, with the
-    parameters in the order the server sent them, and take its plain arrays out."""
+    parameters in the order the server sent them, and take its plain arrays out. Weight: the
+    site's training records, or ``uniform`` for every site (client-level DP)."""
     if reply.has_error():  # the mod cannot mask an error: the server sees a dropped site
         raise RuntimeError(f"the site could not train: {reply.error.reason}")
     sent = request.content[ARRAYS]
@@ -53,7 +60,7 @@ def as_fit_reply(request: Message, reply: Message) -> Message:
         if list(arrays.keys()) != list(sent.keys()):
             raise ValueError("the trained arrays do not match the model that was sent")
         values = [arrays[key].numpy() for key in sent.keys()]
-        weight = int(content[METRICS]["num-examples"])
+        weight = uniform or int(content[METRICS]["num-examples"])
     else:  # a refusal: weight 0 and zeros, the masks still have to cancel
         values = [np.zeros_like(array.numpy()) for array in sent.values()]
         weight = 0

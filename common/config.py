@@ -213,9 +213,9 @@ class RunSettings:
             "secure-aggregation needs aggregation='fedavg' (the server sees only the sum)",
         )
         _require(
-            self.client_dp == "off",
-            "secure-aggregation cannot be combined with client-dp yet (Flower's DP wrappers "
-            "need each site's update at the server)",
+            self.client_dp in ("off", "client-fixed"),
+            "secure-aggregation combines with client-dp='client-fixed' only (the sites clip "
+            "and add the noise; the server never sees an update to clip or a norm bit)",
         )
         _require(
             self.secagg_num_shares == 0 or self.secagg_num_shares > 2,

@@ -12,10 +12,17 @@ sites that dropped after the key exchange, from the shares of at least
 record per site: its metrics and decision as it sent them, and the aggregate in place of arrays
 the server never had. Individual updates therefore cannot be checked (shapes, NaN, norm): the
 aggregate is, and each site's value range is bounded by the quantization's clipping range.
+
+With client-dp = client-fixed the server cannot clip or noise (it never sees an update), so
+the sites do both (client/client_dp.py): each clips its update to C and adds Gaussian noise
+of std sigma C / sqrt(m) (m sites sampled), every site's weight is 1, and the securely summed
+noise has std sigma C sqrt(n / m) for the n sites that contributed: client-level DP without
+trusting the server, accounted as in server/client_dp.py with z = sigma sqrt(n / m).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -40,9 +47,11 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from common.config import RunSettings
-from common.protocol import ARRAYS, CONFIG, DECISION, METRICS
+from common.protocol import ARRAYS, CONFIG, DECISION, DISTRIBUTED_NOISE_STDDEV, METRICS
+from server.client_dp import client_level_epsilon
 from server.strategy import PrivacyAware, RoundFailed
 
 
@@ -87,9 +96,15 @@ class SecureAggregation(Strategy):
     """SecAgg+ rounds around a PrivacyAware strategy (which samples the sites, records every
     reply, and aggregates). ``workflow`` holds the protocol's parameters."""
 
-    def __init__(self, strategy: PrivacyAware, workflow: SecAggPlusWorkflow) -> None:
+    def __init__(
+        self,
+        strategy: PrivacyAware,
+        workflow: SecAggPlusWorkflow,
+        client_dp: tuple[float, float, float] | None = None,
+    ) -> None:
         self.strategy = strategy
         self.workflow = workflow
+        self.client_dp = client_dp  # (sigma, C, delta): sites clip to C and add noise shares
         self.received: list[Message] = []  # every reply of the last round, as the server got it
 
     def summary(self) -> None:
@@ -103,6 +118,7 @@ class SecureAggregation(Strategy):
             for m in self.strategy.configure_train(server_round, arrays, config, grid)
         }
         self._grid, self._arrays = grid, arrays
+        self._sampling = (len(requests), len(list(grid.get_node_ids())))  # m, N
         self._bridge = _LegacyBridge(server_round, arrays, list(requests))
         self._state = state = WorkflowState()
         started = self.workflow.setup_stage(grid, self._bridge, state)  # type: ignore[arg-type]
@@ -122,8 +138,13 @@ class SecureAggregation(Strategy):
                 }
             )
             request = requests[node].content
+            config = ConfigRecord(dict(request[CONFIG]))
+            if self.client_dp is not None:  # each site: clip to C, add N(0, (sigma C)^2 / m)
+                sigma, clip, _ = self.client_dp
+                config[KEY_CLIPPING_NORM] = clip
+                config[DISTRIBUTED_NOISE_STDDEV] = sigma * clip / math.sqrt(len(requests))
             content = RecordDict(
-                {ARRAYS: request[ARRAYS], CONFIG: request[CONFIG], RECORD_KEY_CONFIGS: protocol}
+                {ARRAYS: request[ARRAYS], CONFIG: config, RECORD_KEY_CONFIGS: protocol}
             )
             messages.append(
                 Message(
@@ -174,9 +195,34 @@ class SecureAggregation(Strategy):
                 for key, value in zip(sent.keys(), self._bridge.aggregate or [], strict=False)
             }
         )
-        return self.strategy.aggregate_train(
+        result = self.strategy.aggregate_train(
             server_round, [_site_record(m, aggregate) for m in replies]
         )
+        if self.client_dp is not None:
+            contributed = sum(1 for weight in weights if weight > 0)
+            rec = self.strategy.record(server_round + self.strategy.round_offset)
+            rec.client_dp = self._release(contributed)
+            rec.client_dp["epsilon"] = client_level_epsilon(self.strategy.rounds, self.client_dp[2])
+        return result
+
+    def _release(self, contributed: int) -> dict[str, Any]:
+        """This round's client-level release: the n contributing sites' noise shares sum to
+        std sigma C sqrt(n / m) on the sum of n updates clipped to C: z = sigma sqrt(n / m)."""
+        assert self.client_dp is not None
+        sigma, clip, delta = self.client_dp
+        sampled, available = self._sampling
+        z = sigma * math.sqrt(contributed / sampled) if contributed else 0.0
+        return {
+            "mode": "client-fixed, secure aggregation (distributed noise)",
+            "noise-multiplier": z,
+            "sample-rate": sampled / available if available else 1.0,
+            "clipping-norm": clip,
+            "noise-std": z * clip / contributed if contributed else 0.0,  # on the mean
+            "aggregated-sites": contributed,
+            "sampled-sites": sampled,
+            "available-sites": available,
+            "delta": delta,
+        }
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -218,4 +264,11 @@ def with_secure_aggregation(strategy: PrivacyAware, settings: RunSettings) -> St
         quantization_range=settings.secagg_quantization_range,
         timeout=settings.round_timeout,
     )
-    return SecureAggregation(strategy, workflow)
+    client_dp = None
+    if settings.client_dp == "client-fixed":
+        client_dp = (
+            settings.client_noise_multiplier,
+            settings.client_clipping_norm,
+            settings.client_dp_delta,
+        )
+    return SecureAggregation(strategy, workflow, client_dp)

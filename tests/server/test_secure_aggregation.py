@@ -27,6 +27,7 @@ from common.protocol import to_array_record
 from common.task import build_model
 from server.secure_aggregation import SecureAggregation, with_secure_aggregation
 from server.strategy import make_strategy
+from tests.reference_accountants import reference_pld
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
@@ -81,7 +82,7 @@ class SitesGrid:
         return replies
 
 
-def run_round(tmp_path: Path, monkeypatch, drop: dict[int, str] | None = None) -> tuple:
+def run_round(tmp_path: Path, monkeypatch, drop: dict[int, str] | None = None, **over) -> tuple:
     run_config = {
         **DEFAULTS,
         "results-dir": str(tmp_path),
@@ -89,15 +90,16 @@ def run_round(tmp_path: Path, monkeypatch, drop: dict[int, str] | None = None) -
         "noise-multiplier": 1.0,
         "secure-aggregation": True,
         "secagg-reconstruction-threshold": 2,
+        **over,
     }
     settings = RunSettings.from_run_config(run_config)
     plain: dict[int, tuple[dict, int]] = {}  # what each site would have sent without SecAgg+
 
-    def capture(request: Message, reply: Message) -> Message:
+    def capture(request: Message, reply: Message, uniform: int = 0) -> Message:
         if "arrays" in reply.content:
             arrays = {k: v.numpy().copy() for k, v in reply.content["arrays"].items()}
             plain[reply.metadata.src_node_id] = (arrays, reply.content["metrics"]["num-examples"])
-        return as_fit_reply(request, reply)
+        return as_fit_reply(request, reply, uniform)
 
     as_fit_reply = site_side.as_fit_reply
     monkeypatch.setattr(site_side, "as_fit_reply", capture)
@@ -123,6 +125,7 @@ def run_round(tmp_path: Path, monkeypatch, drop: dict[int, str] | None = None) -
         train_config=ConfigRecord(TrainRequest.of_run(settings, "run-7")),
     )
     aggregate = {k: v.numpy() for k, v in result.arrays.items()}
+    run_round.initial = trainable_state(model)  # type: ignore[attr-defined]
     return settings, inner, grid, plain, handed, aggregate
 
 
@@ -180,3 +183,28 @@ def test_a_site_dropping_after_the_key_exchange_is_tolerated(tmp_path, monkeypat
         assert np.abs(value - mean[key]).max() <= bound, key
     rec = inner.rounds[1]
     assert rec.trained_sites == 3 and len(rec.dropped) == 1
+
+
+def test_client_level_dp_without_trusting_the_server_sites_clip_and_share_the_noise(
+    tmp_path, monkeypatch
+):
+    sigma, clip = 2.0, 0.01  # C so small that the noise dominates what the sites send
+    settings, inner, grid, plain, _, aggregate = run_round(
+        tmp_path,
+        monkeypatch,
+        **{"client-dp": "client-fixed", "client-noise-multiplier": sigma},
+        **{"client-clipping-norm": clip},
+    )
+    start = run_round.initial  # type: ignore[attr-defined]
+    # every site weighs the same: the aggregate is the plain mean of what the sites sent
+    step = 2 * settings.secagg_clipping_range / settings.secagg_quantization_range
+    for key, value in aggregate.items():
+        mean = np.mean([site[0][key].astype(np.float64) for site in plain.values()], axis=0)
+        assert np.abs(value - mean).max() <= step + 1e-7, key
+    # the summed noise shares: std sigma * C / m on the mean of the m = 4 clipped updates
+    moved = np.concatenate([(aggregate[k] - start[k]).ravel() for k in aggregate])
+    assert moved.std() == pytest.approx(sigma * clip / HOSPITALS, rel=0.1)
+    rec = inner.rounds[1].client_dp
+    assert rec["noise-multiplier"] == sigma and rec["sample-rate"] == 1.0
+    expected = reference_pld([(sigma, 1.0, 1)], settings.client_dp_delta)
+    assert rec["epsilon"] == pytest.approx(expected, rel=0.01)
