@@ -31,7 +31,7 @@ from server.client_dp import client_level_dp_summary, with_client_dp
 from server.progress import format_round
 from server.results import RunResults
 from server.secure_aggregation import with_secure_aggregation
-from server.strategy import UNIFORM_WEIGHT, RoundRecord, make_strategy
+from server.strategy import RoundRecord, make_strategy
 
 
 class FederatedRun:
@@ -250,7 +250,7 @@ def _aggregation_options(settings: RunSettings) -> dict[str, Any]:
             )
         return options
     if settings.client_dp != "off":  # DP-FedAvg: noise is calibrated to an unweighted mean
-        return {"weighted_by_key": UNIFORM_WEIGHT}
+        return {"uniform_weights": True}
     return {}
 
 

@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Mult
 from common.protocol import ARRAYS, DECISION, METRICS, STATUS_NAMES, TRAINED, from_array_record
 from server.update_validation import check_train_reply
 
-UNIFORM_WEIGHT = "client-dp-weight"  # weighted_by_key that gives every accepted update weight 1
+UNIFORM_WEIGHT = "client-dp-weight"  # metric of weight 1 each accepted update gets (uniform)
 CLIP_TOLERANCE = 1.0001  # a site-clipped update may exceed C by float32 rounding only
 
 
@@ -64,9 +64,11 @@ class PrivacyAware(FedAvg):
         site_names: dict[int, str] | None = None,
         round_offset: int = 0,
         max_update_norm: float = 0.0,
+        uniform_weights: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.uniform_weights = uniform_weights  # client-level DP: every accepted update once
         self.max_update_norm = max_update_norm  # 0 = no bound on ||w_site - w_global||_2
         self.site_names = site_names or {}
         self.rounds: dict[int, RoundRecord] = {}
@@ -130,7 +132,13 @@ class PrivacyAware(FedAvg):
             trained = list(replies)
         else:
             trained = self.accept(server_round, replies)
-        arrays, metrics = super().aggregate_train(server_round + self.round_offset, trained)
+        weighted_by = self.weighted_by_key
+        if self.uniform_weights:  # training only: evaluation stays weighted by examples
+            self.weighted_by_key = UNIFORM_WEIGHT
+        try:
+            arrays, metrics = super().aggregate_train(server_round + self.round_offset, trained)
+        finally:
+            self.weighted_by_key = weighted_by
         rec = self.record(server_round + self.round_offset)
         rec.train = {k: v for k, v in (metrics or {}).items() if k == "train-loss"}
         return arrays, metrics
@@ -209,7 +217,7 @@ class PrivacyAware(FedAvg):
                 f"round {server_round}: only {len(trained)} site(s) could train (min-train-nodes"
                 f"={self.min_train_nodes}); refused: {reasons or 'none'}"
             )
-        if self.weighted_by_key == UNIFORM_WEIGHT:  # client-level DP: every site counts once
+        if self.uniform_weights:
             for msg in trained:
                 msg.content[METRICS][UNIFORM_WEIGHT] = 1.0
         return trained

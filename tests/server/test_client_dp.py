@@ -14,9 +14,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
 from common.config import ConfigError, RunSettings
 from server.client_dp import client_level_dp_summary, with_client_dp
-from server.strategy import UNIFORM_WEIGHT, make_strategy
+from server.strategy import make_strategy
 from tests.reference_accountants import reference_pld
-from tests.server.test_strategy import FakeGrid, trained
+from tests.server.test_strategy import FakeGrid, evaluated, trained
 
 SHAPE = (100, 100)  # 10,000 weights: enough samples to measure the noise std
 
@@ -46,7 +46,7 @@ def build(s: RunSettings, fraction_train: float = 1.0):
         min_train_nodes=s.min_train_nodes,
         min_available_nodes=1,
         fraction_train=fraction_train,
-        weighted_by_key=UNIFORM_WEIGHT,
+        uniform_weights=True,
     )
     return inner, with_client_dp(inner, s)
 
@@ -96,6 +96,11 @@ def test_updates_are_clipped_to_c_and_weighted_equally():
     norm = math.sqrt(SHAPE[0] * SHAPE[1] + 3)
     expected = (0.001 + 1.0 / norm) / 2  # poisoned update scaled to norm C = 1, then equal mean
     np.testing.assert_allclose(arrays["w"].numpy(), expected, rtol=1e-4)
+    # evaluation stays weighted by examples: (10 * 0.5 + 30 * 0.9) / 40
+    metrics = dp.aggregate_evaluate(
+        1, [evaluated(11, 10, 0, 0.1, 0.5), evaluated(12, 30, 1, 0.1, 0.9)]
+    )
+    assert metrics["eval-accuracy"] == pytest.approx(0.8)
 
 
 def test_malformed_replies_are_rejected_before_clipping_and_never_aggregated():
