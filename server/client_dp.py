@@ -54,6 +54,7 @@ class _CheckedFirst:
     clipping_norm: float
     noise_multiplier: float
     num_sampled_clients: int
+    mode = ""
     client_side = False  # the sites clip: the server checks ||update|| <= C
     adaptive = False
     delta = 1e-5
@@ -75,7 +76,10 @@ class _CheckedFirst:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         clip = float(self._round["clipping-norm"])
-        accepted = self.strategy.accept(server_round, replies, clip if self.client_side else 0.0)
+        bound = clip if self.client_side else 0.0
+        accepted = self.strategy.accept(
+            server_round, replies, bound, norm_bit=self.client_side and self.adaptive
+        )
         self.strategy._accepted_round = server_round
         self._std = 0.0
         arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
@@ -110,8 +114,6 @@ class _CheckedFirst:
             "available-sites": available,
             "delta": self.delta,
         }
-
-    mode = ""
 
 
 class ServerFixed(_CheckedFirst, DifferentialPrivacyServerSideFixedClipping):

@@ -13,6 +13,7 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from common.protocol import ARRAYS, DECISION, METRICS, STATUS_NAMES, TRAINED, from_array_record
 from server.update_validation import check_train_reply
@@ -144,11 +145,16 @@ class PrivacyAware(FedAvg):
         return arrays, metrics
 
     def accept(
-        self, server_round: int, replies: Iterable[Message], clip_norm: float = 0.0
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+        clip_norm: float = 0.0,
+        norm_bit: bool = False,
     ) -> list[Message]:
         """Record every reply of Flower's round ``server_round``; return the trained replies
         that passed ``check_train_reply`` (update norm also bounded by ``clip_norm`` when the
-        sites clip it themselves). Raises RunStopped / RoundFailed when too few are left."""
+        sites clip it themselves; a 0/1 ``norm_bit`` metric required from sites that clip
+        adaptively). Raises RunStopped / RoundFailed when too few are left."""
         server_round += self.round_offset
         bounds = [b for b in (self.max_update_norm, clip_norm * CLIP_TOLERANCE) if b]
         bound = min(bounds, default=0.0)  # 0 = no bound
@@ -187,6 +193,8 @@ class PrivacyAware(FedAvg):
             reason = None
             if status == TRAINED and self._global is not None:
                 reason = check_train_reply(msg.content, self._global, bound)
+                if reason is None and norm_bit and metrics.get(KEY_NORM_BIT) not in (0, 1):
+                    reason = f"no 0/1 {KEY_NORM_BIT} metric from the site's adaptive clipping"
             if reason is not None:
                 rec.rejected.append(f"{label}: {reason}")
                 rec.sites[label]["status"] = "rejected"

@@ -193,3 +193,18 @@ def test_client_dp_settings_are_checked():
     assert with_client_dp(make_strategy("fedavg"), RunSettings()).__class__.__name__ == (
         "PrivacyAwareFedAvg"
     )
+
+
+def test_client_adaptive_rejects_a_reply_without_its_clipping_bit_instead_of_failing():
+    inner, dp = build(settings(client_dp="client-adaptive", client_clipping_norm=1.0))
+
+    def replies(sent):
+        with_bit = [reply_to(m, model(0.001), **{"norm_bit": 0}) for m in sent[:2]]
+        return [*with_bit, reply_to(sent[2], model(0.002))]  # Flower alone: AggregationError
+
+    _, (arrays, _) = run_round(dp, 1, FakeGrid([11, 12, 13]), replies)
+    rec = inner.rounds[1]
+    assert arrays is not None and rec.trained_sites == 2
+    assert [r.split(": ", 1)[1] for r in rec.rejected] == [
+        "no 0/1 norm_bit metric from the site's adaptive clipping"
+    ]
