@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common import (
     Code,
@@ -159,17 +159,15 @@ class SecureAggregation(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        self.received = replies
+        self.received = list(replies)
         state = self._state
+        shapes = [(1,), *(array.shape for array in self._arrays.values())]  # weight, model
+        replies = [_checked_masked_reply(m, shapes) for m in self.received]
         answered = [m for m in replies if not m.has_error()]
         state.active_node_ids = {m.metadata.src_node_id for m in answered}
         masked = None
         for msg in answered:
-            vector = [
-                bytes_to_ndarray(b)
-                for b in msg.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
-            ]
+            vector = _masked_vector(msg)
             masked = vector if masked is None else parameters_addition(masked, vector)
         weights = [int(m.content["fitres.num_examples"]["num_examples"]) for m in answered]
         if masked is not None and sum(weights) > 0:
@@ -233,6 +231,29 @@ class SecureAggregation(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         return self.strategy.aggregate_evaluate(server_round, replies)
+
+
+def _masked_vector(msg: Message) -> list[np.ndarray]:
+    protocol = msg.content.config_records[RECORD_KEY_CONFIGS]
+    return [bytes_to_ndarray(b) for b in protocol[Key.MASKED_PARAMETERS]]  # type: ignore[union-attr]
+
+
+def _checked_masked_reply(msg: Message, shapes: list[tuple[int, ...]]) -> Message:
+    """The reply, or an error in its place when it holds no well-formed masked vector (the
+    site then counts as dropped: its masks are removed from its neighbours' shares)."""
+    if msg.has_error():
+        return msg
+    try:
+        weight = msg.content["fitres.num_examples"]["num_examples"]
+        vector = _masked_vector(msg)
+        if [v.shape for v in vector] != shapes or not isinstance(weight, int) or weight < 0:
+            raise ValueError("shapes or weight differ from the round's")
+        if METRICS not in msg.content.metric_records:
+            raise ValueError("no metrics")
+    except (KeyError, TypeError, ValueError) as err:
+        reason = f"no well-formed SecAgg+ masked vector ({err}); counted as dropped"
+        return Message(error=Error(code=0, reason=reason), metadata=msg.metadata)
+    return msg
 
 
 def _empty_fit_res() -> FitRes:

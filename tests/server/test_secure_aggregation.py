@@ -47,7 +47,12 @@ class SitesGrid:
     """Node 100 + i is hospital i running fedpriv's ClientApp. ``drop``: node -> the SecAgg+
     stage from which on it no longer answers (it died mid-round)."""
 
-    def __init__(self, run_config: dict, drop: dict[int, str] | None = None) -> None:
+    def __init__(
+        self,
+        run_config: dict,
+        drop: dict[int, str] | None = None,
+        garble: dict[int, str] | None = None,
+    ) -> None:
         self.contexts = {
             100 + i: Context(
                 run_id=7,
@@ -59,6 +64,7 @@ class SitesGrid:
             for i in range(HOSPITALS)
         }
         self.drop = drop or {}
+        self.garble = garble or {}
         self.dead: set[int] = set()
         self.received: list[Message] = []
 
@@ -77,12 +83,15 @@ class SitesGrid:
             msg.metadata.__dict__["_message_id"] = f"m-{len(self.received)}"
             delivered = copy.deepcopy(msg)  # what travels is a copy (Flower shares one content)
             reply = client_app.app(delivered, self.contexts[node])
+            if self.garble.get(node) == stage:  # a broken site: its masked vector is cut short
+                vector = reply.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
+                vector.pop()
             self.received.append(reply)
             replies.append(reply)
         return replies
 
 
-def run_round(tmp_path: Path, monkeypatch, drop: dict[int, str] | None = None, **over) -> tuple:
+def run_round(tmp_path: Path, monkeypatch, drop=None, garble=None, **over) -> tuple:
     run_config = {
         **DEFAULTS,
         "results-dir": str(tmp_path),
@@ -117,7 +126,7 @@ def run_round(tmp_path: Path, monkeypatch, drop: dict[int, str] | None = None, *
     strategy = with_secure_aggregation(inner, settings)
     assert isinstance(strategy, SecureAggregation)
     model, _ = build_model(settings, load_dataset(settings.dataset)[1], "cpu")
-    grid = SitesGrid(run_config, drop)
+    grid = SitesGrid(run_config, drop, garble)
     result = strategy.start(
         grid=grid,
         initial_arrays=to_array_record(trainable_state(model)),
@@ -183,6 +192,20 @@ def test_a_site_dropping_after_the_key_exchange_is_tolerated(tmp_path, monkeypat
         assert np.abs(value - mean[key]).max() <= bound, key
     rec = inner.rounds[1]
     assert rec.trained_sites == 3 and len(rec.dropped) == 1
+
+
+def test_a_malformed_masked_vector_counts_as_a_dropped_site(tmp_path, monkeypatch):
+    broken = 101
+    settings, inner, _, plain, _, aggregate = run_round(
+        tmp_path, monkeypatch, garble={broken: "collect_masked_vectors"}
+    )
+    del plain[broken]  # it trained, but what it sent cannot be summed
+    mean, bound = expected_and_bound(settings, plain)
+    for key, value in aggregate.items():
+        assert np.abs(value - mean[key]).max() <= bound, key
+    rec = inner.rounds[1]
+    assert rec.trained_sites == 3
+    assert any("no well-formed SecAgg+ masked vector" in f for f in rec.failures), rec.failures
 
 
 def test_client_level_dp_without_trusting_the_server_sites_clip_and_share_the_noise(
