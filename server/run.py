@@ -214,9 +214,7 @@ class FederatedRun:
             "resumed": self.resumed,
             "model-sha256": weights_digest(state),
             "run-key": self.run_key,
-            "privacy": "sample-level DP-SGD (Opacus) at each site"
-            if self.settings.dp
-            else "NON-PRIVATE BASELINE (dp=false): no differential privacy",
+            "privacy": _privacy_statement(self.settings),
             "config": asdict(self.settings),
             "client-level-dp": client_level_dp_summary(self.strategy.rounds, self.settings),
             "final-round": None if final is None else _round_json(final, self.settings.dp),
@@ -236,6 +234,20 @@ class FederatedRun:
         }
         path = self.results.finish(summary)
         log(INFO, "Results written to %s", path)
+
+
+def _privacy_statement(settings: RunSettings) -> str:
+    """What protects whom in this run, in one line."""
+    parts = [
+        "sample-level DP-SGD (Opacus) at each site"
+        if settings.dp
+        else "NON-PRIVATE BASELINE (dp=false): no sample-level differential privacy"
+    ]
+    if settings.client_dp != "off":
+        parts.append(f"client-level DP-FedAvg ({settings.client_dp}; see client-level-dp)")
+    if settings.secure_aggregation:
+        parts.append("secure aggregation (SecAgg+): the server saw only the sum")
+    return "; ".join(parts)
 
 
 def _aggregation_options(settings: RunSettings) -> dict[str, Any]:
