@@ -19,7 +19,7 @@ from common.protocol import ARRAYS, DECISION, METRICS, STATUS_NAMES, TRAINED, fr
 from server.update_validation import check_train_reply
 
 UNIFORM_WEIGHT = "client-dp-weight"  # metric of weight 1 each accepted update gets (uniform)
-CLIP_TOLERANCE = 1.0001  # a site-clipped update may exceed C by float32 rounding only
+CLIP_TOLERANCE = 1.001  # a site-clipped update may exceed C by float32 rounding only
 
 
 class RunStopped(Exception):
