@@ -9,8 +9,10 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.client_dp import client_clipping_mod
 from client.evaluation import evaluate
 from client.local_round import run_train_round, site_model
+from client.secure_aggregation import secure_aggregation_mod
 from client.site_context import site_from_context
 from common.protocol import (
     ARRAYS,
@@ -21,7 +23,8 @@ from common.protocol import (
     to_array_record,
 )
 
-app = ClientApp()
+# mods: SecAgg+ when the round runs it, client-side clipping when client-dp = client-*
+app = ClientApp(mods=[secure_aggregation_mod, client_clipping_mod])
 
 
 @app.train()

@@ -26,6 +26,7 @@ PARTITIONERS = ("iid", "dirichlet", "natural")
 OPTIMIZERS = ("sgd", "adam")
 GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
+CLIENT_DP_MODES = ("off", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 # Upper limits of noise and clip settings (beyond them nothing useful is learnt).
 MAX_NOISE_MULTIPLIER = 1e4
 MAX_CLIP_NORM = 1e6
@@ -75,6 +76,19 @@ class RunSettings:
     aggregation: str = "fedavg"
     trim_fraction: float = 0.2
     malicious_sites: int = 0
+    client_dp: str = "off"
+    client_noise_multiplier: float = 1.0
+    client_clipping_norm: float = 1.0
+    client_target_quantile: float = 0.5
+    client_clip_lr: float = 0.2
+    client_clipped_count_stddev: float = 1.0
+    client_dp_delta: float = 1e-5
+    secure_aggregation: bool = False
+    secagg_num_shares: int = 0
+    secagg_reconstruction_threshold: int = 0
+    secagg_max_weight: float = 1000.0
+    secagg_clipping_range: float = 8.0
+    secagg_quantization_range: int = 4194304
     round_timeout: float = 3600.0
     sites_file: str = ""
     results_dir: str = "results"
@@ -155,6 +169,8 @@ class RunSettings:
         )
         _require(0 <= self.trim_fraction < 0.5, "trim-fraction must be in [0, 0.5)")
         _require(self.malicious_sites >= 0, "malicious-sites must be >= 0")
+        self._validate_client_dp()
+        self._validate_secure_aggregation()
         _require(
             self.max_update_norm == 0 or _positive(self.max_update_norm),
             f"max-update-norm must be a finite number > 0 (0 = no bound), got "
@@ -167,6 +183,71 @@ class RunSettings:
         _require(
             not self.resume or bool(self.run_name),
             "resume=true needs the run-name of the run to resume",
+        )
+
+    def _validate_client_dp(self) -> None:
+        _require(
+            self.client_dp in CLIENT_DP_MODES,
+            f"client-dp must be one of {CLIENT_DP_MODES}, got {self.client_dp!r}",
+        )
+        if self.client_dp == "off":
+            return
+        _require(
+            self.aggregation == "fedavg",
+            f"client-dp={self.client_dp} needs aggregation='fedavg' (its noise is calibrated to "
+            f"the mean of clipped updates), got {self.aggregation!r}",
+        )
+        _require(
+            _positive(self.client_noise_multiplier)
+            and self.client_noise_multiplier <= MAX_NOISE_MULTIPLIER,
+            f"client-noise-multiplier must be in (0, {MAX_NOISE_MULTIPLIER:g}], got "
+            f"{self.client_noise_multiplier}",
+        )
+        _require(
+            _positive(self.client_clipping_norm) and self.client_clipping_norm <= MAX_CLIP_NORM,
+            f"client-clipping-norm (C) must be in (0, {MAX_CLIP_NORM:g}]",
+        )
+        _require(0 < self.client_dp_delta < 1, "client-dp-delta must be in (0, 1)")
+        if self.client_dp.endswith("adaptive"):
+            _require(0 <= self.client_target_quantile <= 1, "client-target-quantile: [0, 1]")
+            _require(_positive(self.client_clip_lr), "client-clip-lr must be > 0")
+            _require(
+                _positive(self.client_clipped_count_stddev)
+                and self.client_noise_multiplier < 2 * self.client_clipped_count_stddev,
+                "adaptive clipping needs client-clipped-count-stddev > client-noise-multiplier"
+                f" / 2 (Andrew et al.), got {self.client_clipped_count_stddev}",
+            )
+
+    def _validate_secure_aggregation(self) -> None:
+        if not self.secure_aggregation:
+            return
+        _require(
+            self.aggregation == "fedavg",
+            "secure-aggregation needs aggregation='fedavg' (the server sees only the sum)",
+        )
+        _require(
+            self.client_dp in ("off", "client-fixed"),
+            "secure-aggregation combines with client-dp='client-fixed' only (the sites clip "
+            "and add the noise; the server never sees an update to clip or a norm bit)",
+        )
+        _require(
+            self.secagg_num_shares == 0 or self.secagg_num_shares > 2,
+            "secagg-num-shares must be 0 (every sampled site) or > 2",
+        )
+        _require(
+            self.secagg_reconstruction_threshold == 0 or 2 <= self.secagg_reconstruction_threshold,
+            "secagg-reconstruction-threshold must be 0 (half the shares) or >= 2",
+        )
+        _require(
+            self.secagg_num_shares == 0
+            or self.secagg_reconstruction_threshold < self.secagg_num_shares,
+            "secagg-reconstruction-threshold must be below secagg-num-shares",
+        )
+        _require(_positive(self.secagg_max_weight), "secagg-max-weight must be > 0")
+        _require(_positive(self.secagg_clipping_range), "secagg-clipping-range must be > 0")
+        _require(
+            0 < self.secagg_quantization_range < 2**32,
+            "secagg-quantization-range must be in (0, 2^32)",
         )
 
 

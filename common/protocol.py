@@ -16,6 +16,10 @@ METRICS = "metrics"
 CONFIG = "config"
 DECISION = "decision"  # ConfigRecord of the site's decision: status, reason, clamps (text)
 
+# Train-config key under secure aggregation with client-dp = client-fixed: the std of the
+# Gaussian noise each site adds to its clipped update (distributed DP; client/client_dp.py).
+DISTRIBUTED_NOISE_STDDEV = "distributed-noise-stddev"
+
 # Site status codes (MetricRecords hold numbers only). Anything but TRAINED is a refusal:
 # the site trained nothing, recorded nothing and sent no arrays.
 TRAINED = 0

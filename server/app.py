@@ -28,7 +28,7 @@ def main(grid: Grid, context: Context) -> None:
             run.finish(start)
             return
         try:
-            result = run.strategy.start(
+            result = run.flower_strategy.start(
                 grid=grid,
                 initial_arrays=start,
                 num_rounds=run.remaining_rounds,

@@ -19,7 +19,9 @@ def format_round(rec: RoundRecord, num_rounds: int, dp: bool) -> str:
     for site, m in sorted(rec.sites.items()):
         if "status" not in m:
             continue
-        if not dp:
+        if m["status"] == "rejected":  # its metrics are not to be trusted, nor printed
+            parts.append(f"{site}: REJECTED")
+        elif not dp:
             parts.append(f"{site}: NON-PRIVATE")
         else:
             parts.append(
@@ -27,6 +29,11 @@ def format_round(rec: RoundRecord, num_rounds: int, dp: bool) -> str:
                 f"left {m.get('epsilon-left', 0.0):.3f} (delta {m['delta']:.1e})"
                 f"{'' if m['status'] == 'trained' else ' ' + m['status'].upper()}"
             )
+    if rec.client_dp:
+        parts.append(
+            f"client-level eps {rec.client_dp['epsilon']:.3f} (delta {rec.client_dp['delta']:.1e}, "
+            f"z {rec.client_dp['noise-multiplier']:.3f}, q {rec.client_dp['sample-rate']:.2f})"
+        )
     if rec.failures:
         parts.append(f"{len(rec.failures)} failed")
     return " | ".join(parts)

@@ -29,9 +29,11 @@ from common.models.weights import load_trainable_state, trainable_state, weights
 from common.protocol import from_array_record, to_array_record
 from common.task import build_model, pick_device, to_tensors
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from server.client_dp import client_level_dp_summary, with_client_dp
 from server.final_evaluation import run_final_evaluation
 from server.progress import format_round
 from server.results import RunResults
+from server.secure_aggregation import with_secure_aggregation
 from server.strategy import RoundRecord, make_strategy
 
 
@@ -91,6 +93,12 @@ class FederatedRun:
             # evaluate-with-train: sites evaluate inside the train message, none separately
             fraction_evaluate=0.0 if settings.evaluate_with_train else settings.fraction_evaluate,
             min_evaluate_nodes=0 if settings.evaluate_with_train else settings.min_evaluate_nodes,
+        )
+        # what Flower's loop runs: the strategy, wrapped for client-level DP when asked
+        self.flower_strategy = (
+            with_secure_aggregation(self.strategy, settings)
+            if settings.secure_aggregation
+            else with_client_dp(self.strategy, settings)
         )
         if self.checkpoint is not None:
             self.strategy.rounds = dict(self.checkpoint.rounds)
@@ -237,10 +245,9 @@ class FederatedRun:
             "resumed": self.resumed,
             "model-sha256": weights_digest(state),
             "run-key": self.run_key,
-            "privacy": "sample-level DP-SGD (Opacus) at each site"
-            if self.settings.dp
-            else "NON-PRIVATE BASELINE (dp=false): no differential privacy",
+            "privacy": _privacy_statement(self.settings),
             "config": asdict(self.settings),
+            "client-level-dp": client_level_dp_summary(self.strategy.rounds, self.settings),
             "final-round": None if final is None else _round_json(final, self.settings.dp),
             "sites": site_summaries(self.strategy.rounds),
             "rejected-updates": [
@@ -272,6 +279,20 @@ class FederatedRun:
             )
 
 
+def _privacy_statement(settings: RunSettings) -> str:
+    """What protects whom in this run, in one line."""
+    parts = [
+        "sample-level DP-SGD (Opacus) at each site"
+        if settings.dp
+        else "NON-PRIVATE BASELINE (dp=false): no sample-level differential privacy"
+    ]
+    if settings.client_dp != "off":
+        parts.append(f"client-level DP-FedAvg ({settings.client_dp}; see client-level-dp)")
+    if settings.secure_aggregation:
+        parts.append("secure aggregation (SecAgg+): the server saw only the sum")
+    return "; ".join(parts)
+
+
 def _aggregation_options(settings: RunSettings) -> dict[str, Any]:
     """The robust aggregation's own parameters (Flower's names)."""
     if settings.aggregation == "trimmed-mean":
@@ -283,6 +304,8 @@ def _aggregation_options(settings: RunSettings) -> dict[str, Any]:
                 settings.min_train_nodes - settings.malicious_sites, 1
             )
         return options
+    if settings.client_dp != "off":  # DP-FedAvg: noise is calibrated to an unweighted mean
+        return {"uniform_weights": True}
     return {}
 
 
@@ -313,6 +336,7 @@ def _round_json(rec: RoundRecord, dp: bool) -> dict[str, Any]:
         "failures": rec.failures,
         "dropped": rec.dropped,
         "rejected": rec.rejected,
+        "client-dp": rec.client_dp,
         "model-sha256": rec.model_sha256,
         "seconds": rec.seconds,
     }

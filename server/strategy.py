@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -12,9 +13,13 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from common.protocol import ARRAYS, DECISION, METRICS, STATUS_NAMES, TRAINED, from_array_record
 from server.update_validation import check_train_reply
+
+UNIFORM_WEIGHT = "client-dp-weight"  # metric of weight 1 each accepted update gets (uniform)
+CLIP_TOLERANCE = 1.001  # a site-clipped update may exceed C by float32 rounding only
 
 
 class RunStopped(Exception):
@@ -38,6 +43,7 @@ class RoundRecord:
     failures: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # sites that did not reply in time
     rejected: list[str] = field(default_factory=list)  # "site: reason" of updates refused
+    client_dp: dict[str, Any] = field(default_factory=dict)  # client-level DP of this round
     trained_sites: int = 0
     model_sha256: str = ""  # digest of the global model after this round
     seconds: float = 0.0  # wall time of the round at the server
@@ -59,9 +65,11 @@ class PrivacyAware(FedAvg):
         site_names: dict[int, str] | None = None,
         round_offset: int = 0,
         max_update_norm: float = 0.0,
+        uniform_weights: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.uniform_weights = uniform_weights  # client-level DP: every accepted update once
         self.max_update_norm = max_update_norm  # 0 = no bound on ||w_site - w_global||_2
         self.site_names = site_names or {}
         self.rounds: dict[int, RoundRecord] = {}
@@ -71,6 +79,7 @@ class PrivacyAware(FedAvg):
         self.node_labels: dict[int, str] = {}  # node id -> site label, learnt from replies
         self._sent: dict[int, list[Message]] = {}  # round -> the train messages sent
         self._global: dict[str, Any] | None = None  # the arrays sent this round
+        self._accepted_round: int | None = None  # set by a client-DP wrapper that ran accept()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -119,7 +128,36 @@ class PrivacyAware(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self._accepted_round == server_round:  # checked and clipped by a client-DP wrapper
+            self._accepted_round = None
+            trained = list(replies)
+        else:
+            trained = self.accept(server_round, replies)
+        weighted_by = self.weighted_by_key
+        if self.uniform_weights:  # training only: evaluation stays weighted by examples
+            self.weighted_by_key = UNIFORM_WEIGHT
+        try:
+            arrays, metrics = super().aggregate_train(server_round + self.round_offset, trained)
+        finally:
+            self.weighted_by_key = weighted_by
+        rec = self.record(server_round + self.round_offset)
+        rec.train = {k: v for k, v in (metrics or {}).items() if k == "train-loss"}
+        return arrays, metrics
+
+    def accept(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+        clip_norm: float = 0.0,
+        norm_bit: bool = False,
+    ) -> list[Message]:
+        """Record every reply of Flower's round ``server_round``; return the trained replies
+        that passed ``check_train_reply`` (update norm also bounded by ``clip_norm`` when the
+        sites clip it themselves; a 0/1 ``norm_bit`` metric required from sites that clip
+        adaptively). Raises RunStopped / RoundFailed when too few are left."""
         server_round += self.round_offset
+        bounds = [b for b in (self.max_update_norm, clip_norm * CLIP_TOLERANCE) if b]
+        bound = min(bounds, default=0.0)  # 0 = no bound
         rec = self.record(server_round)
         trained: list[Message] = []
         replies = list(replies)
@@ -154,7 +192,9 @@ class PrivacyAware(FedAvg):
             }
             reason = None
             if status == TRAINED and self._global is not None:
-                reason = check_train_reply(msg.content, self._global, self.max_update_norm)
+                reason = check_train_reply(msg.content, self._global, bound)
+                if reason is None and norm_bit and metrics.get(KEY_NORM_BIT) not in (0, 1):
+                    reason = f"no 0/1 {KEY_NORM_BIT} metric from the site's adaptive clipping"
             if reason is not None:
                 rec.rejected.append(f"{label}: {reason}")
                 rec.sites[label]["status"] = "rejected"
@@ -185,14 +225,17 @@ class PrivacyAware(FedAvg):
                 f"round {server_round}: only {len(trained)} site(s) could train (min-train-nodes"
                 f"={self.min_train_nodes}); refused: {reasons or 'none'}"
             )
-        arrays, metrics = super().aggregate_train(server_round, trained)
-        rec.train = {k: v for k, v in (metrics or {}).items() if k == "train-loss"}
-        return arrays, metrics
+        if self.uniform_weights:
+            for msg in trained:
+                msg.content[METRICS][UNIFORM_WEIGHT] = 1.0
+        return trained
 
     def _record_received_eval(self, model_round: int, label: str, metrics: dict) -> None:
         """With evaluate-with-train, a train reply also holds the site's evaluation of the
         model it received, i.e. of round ``model_round``'s global model: file it there."""
-        examples = int(metrics.pop("eval-examples", 0))
+        examples = metrics.pop("eval-examples", 0)
+        valid = isinstance(examples, int | float) and math.isfinite(examples)
+        examples = int(examples) if valid else 0  # an untrusted value
         scores = {k: metrics.pop(k) for k in ("eval-loss", "eval-accuracy") if k in metrics}
         if examples > 0 and model_round >= 0:
             entry = self.record(model_round).sites.setdefault(label, {})

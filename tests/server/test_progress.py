@@ -65,3 +65,12 @@ def test_bare_round_has_no_empty_sections_and_no_failure_count():
 def test_one_failure_is_counted():
     rec = RoundRecord(server_round=1, failures=["node-1: boom"])
     assert format_round(rec, num_rounds=2, dp=False) == "round 1/2 | 1 failed"
+
+
+def test_client_level_epsilon_is_its_own_labelled_figure_and_rejected_sites_show_no_metrics():
+    rec = full_record()
+    rec.sites["Broken"] = {"status": "rejected", "num-examples": -3}  # no epsilon keys at all
+    rec.client_dp = {"epsilon": 1.23456, "delta": 1e-5, "noise-multiplier": 1.1, "sample-rate": 0.4}
+    line = format_round(rec, num_rounds=5, dp=True)
+    assert " | Broken: REJECTED | " in line
+    assert " | client-level eps 1.235 (delta 1.0e-05, z 1.100, q 0.40) | 2 failed" in line
