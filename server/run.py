@@ -315,7 +315,10 @@ def _resumable_settings(settings: RunSettings) -> dict[str, Any]:
 
 
 def _check_same_run(saved: dict[str, Any], settings: RunSettings) -> None:
+    """A key a checkpoint lacks was added to fedpriv after it was written: that run had the
+    key's default behaviour, so it counts as the default."""
     now = _resumable_settings(settings)
+    saved = _resumable_settings(RunSettings()) | saved
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)

@@ -54,3 +54,32 @@ def test_a_site_that_trains_again_is_not_stopped_and_eval_only_entries_are_skipp
     assert set(summaries) == {"A"}
     assert summaries["A"]["stopped-round"] is None and summaries["A"]["stop-reason"] is None
     assert (summaries["A"]["rounds-trained"], summaries["A"]["noise-multiplier"]) == (1, 2.0)
+
+
+def test_resume_refuses_a_changed_configuration_and_names_the_change():
+    import pytest
+
+    from common.config import RunSettings
+    from server.checkpoint import CheckpointError
+    from server.run import _check_same_run, _resumable_settings
+
+    settings = RunSettings(num_server_rounds=5)
+    _check_same_run(_resumable_settings(settings), settings)
+    with pytest.raises(CheckpointError, match=r"learning_rate: 0.05 -> 0.1"):
+        _check_same_run(
+            _resumable_settings(settings), RunSettings(num_server_rounds=5, learning_rate=0.1)
+        )
+
+
+def test_a_checkpoint_from_before_a_new_key_resumes_when_the_key_keeps_its_default():
+    import pytest
+
+    from common.config import RunSettings
+    from server.checkpoint import CheckpointError
+    from server.run import _check_same_run, _resumable_settings
+
+    older = _resumable_settings(RunSettings())
+    del older["audit"]  # written before the key existed: the run had its default (off)
+    _check_same_run(older, RunSettings())
+    with pytest.raises(CheckpointError, match="audit"):
+        _check_same_run(older, RunSettings(audit=True))
