@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from statistics import median
+from typing import Any
+
 from server.strategy import RoundRecord
+
+# Above this many replying sites the line summarises them (metrics.jsonl and summary.json keep
+# every site): a round of 100 sampled sites out of 1,000 stays one readable line.
+MAX_LISTED_SITES = 8
 
 
 def format_round(rec: RoundRecord, num_rounds: int, dp: bool) -> str:
@@ -16,9 +23,11 @@ def format_round(rec: RoundRecord, num_rounds: int, dp: bool) -> str:
         )
     if rec.federated_eval:
         parts.append(f"federated acc {rec.federated_eval.get('eval-accuracy', float('nan')):.4f}")
-    for site, m in sorted(rec.sites.items()):
-        if "status" not in m:
-            continue
+    replied = {site: m for site, m in rec.sites.items() if "status" in m}
+    if len(replied) > MAX_LISTED_SITES:  # many sites: one summary; every site is in the files
+        parts.append(_sites_summary(replied, dp))
+        replied = {}
+    for site, m in sorted(replied.items()):
         if not dp:
             parts.append(f"{site}: NON-PRIVATE")
         else:
@@ -30,3 +39,19 @@ def format_round(rec: RoundRecord, num_rounds: int, dp: bool) -> str:
     if rec.failures:
         parts.append(f"{len(rec.failures)} failed")
     return " | ".join(parts)
+
+
+def _sites_summary(sites: dict[str, dict[str, Any]], dp: bool) -> str:
+    """e.g. ``100 sites: 97 trained, 3 refused | eps spent min 0.41 median 1.20 max 7.99``"""
+    trained = sum(m["status"] == "trained" for m in sites.values())
+    text = f"{len(sites)} sites: {trained} trained"
+    if trained < len(sites):
+        text += f", {len(sites) - trained} did not train"
+    if not dp:
+        return text + " | NON-PRIVATE"
+    spent = [float(m["epsilon-spent"]) for m in sites.values() if "epsilon-spent" in m]
+    if spent:
+        text += (
+            f" | eps spent min {min(spent):.3f} median {median(spent):.3f} max {max(spent):.3f}"
+        )
+    return text

@@ -65,3 +65,15 @@ def test_bare_round_has_no_empty_sections_and_no_failure_count():
 def test_one_failure_is_counted():
     rec = RoundRecord(server_round=1, failures=["node-1: boom"])
     assert format_round(rec, num_rounds=2, dp=False) == "round 1/2 | 1 failed"
+
+
+def test_many_sites_are_summarised_on_one_short_line():
+    sites = {f"site-{i}": site(0.1 * i, 8.0, 1e-5) for i in range(1, 100)}
+    sites["site-0"] = site(7.99, 8.0, 1e-5, "budget exhausted")
+    rec = RoundRecord(server_round=4, sites=sites, train={"train-loss": 0.5})
+    line = format_round(rec, num_rounds=10, dp=True)
+    assert line == (
+        "round 4/10 | train loss 0.5000 | 100 sites: 99 trained, 1 did not train"
+        " | eps spent min 0.100 median 5.050 max 9.900"
+    )
+    assert "site-" not in format_round(rec, num_rounds=10, dp=False)
