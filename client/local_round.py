@@ -18,8 +18,8 @@ from client.evaluation import evaluate
 from client.policy import Clamp, RoundRefused, check_non_private
 from client.privacy_round import authorize_round, site_delta
 from client.request import RequestError, TrainRequest
-from client.site_data import reference_schema
 from client.site_context import Site
+from client.site_data import reference_schema
 from client.training import DpSgdSettings, TrainResult, sample_rate, steps_per_epoch, train_locally
 from common.config import RunSettings
 from common.data.types import LabeledData

@@ -51,7 +51,5 @@ def _sites_summary(sites: dict[str, dict[str, Any]], dp: bool) -> str:
         return text + " | NON-PRIVATE"
     spent = [float(m["epsilon-spent"]) for m in sites.values() if "epsilon-spent" in m]
     if spent:
-        text += (
-            f" | eps spent min {min(spent):.3f} median {median(spent):.3f} max {max(spent):.3f}"
-        )
+        text += f" | eps spent min {min(spent):.3f} median {median(spent):.3f} max {max(spent):.3f}"
     return text

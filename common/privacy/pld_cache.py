@@ -1,4 +1,4 @@
-"""PLD epsilon of DP-SGD histories, fast when many histories are computed (many sites, long ledgers).
+"""PLD epsilon of DP-SGD histories, fast for many histories (many sites, long ledgers).
 
 A history is a multiset of (sigma, q) -> k: k steps of the Poisson-subsampled Gaussian mechanism
 (sample rate q, noise multiplier sigma). dp-accounting's ``PLDAccountant`` composes it exactly
