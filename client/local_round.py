@@ -19,6 +19,7 @@ from client.policy import Clamp, RoundRefused, check_non_private
 from client.privacy_round import authorize_round, site_delta
 from client.request import RequestError, TrainRequest
 from client.site_context import Site
+from client.site_data import reference_schema
 from client.training import DpSgdSettings, TrainResult, sample_rate, steps_per_epoch, train_locally
 from common.config import RunSettings
 from common.data.types import LabeledData
@@ -26,7 +27,7 @@ from common.models.weights import load_trainable_state, trainable_state
 from common.privacy.fingerprint import dataset_fingerprint
 from common.privacy.ledger import PrivacyLedger
 from common.protocol import INVALID_REQUEST, STATUS_NAMES, TRAIN_METRIC_KEYS, TRAINED
-from common.task import build_model, to_tensors
+from common.task import build_model, check_model_fits, to_tensors
 
 log = logging.getLogger("fedpriv.client")
 
@@ -42,7 +43,11 @@ def site_model(
     trainable parameters are replaced each round.
     """
     records = site.data.train if split == "train" else site.data.validation
-    model, tokenizer = _base_model(site.settings, site.data.train, site.device)
+    check_model_fits(site.settings, records)
+    # One base model per process, shaped by the run's reference data (a site's own data file
+    # was checked to match it): a simulation worker serving many sites builds it once.
+    schema = reference_schema(site.settings.dataset, site.settings.seed)
+    model, tokenizer = _base_model(site.settings, schema, site.device)
     load_trainable_state(model, weights)
     tensors, truncated = _tensors(records, tokenizer, site.settings.max_length)
     return model, tensors, truncated

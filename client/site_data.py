@@ -22,10 +22,16 @@ class SiteData:
     validation: LabeledData
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=2)
+def registered_dataset(dataset: str, seed: int) -> tuple[LabeledData, LabeledData]:
+    """(training pool, held-out test set) of a registered dataset, loaded once per process:
+    a simulation worker serves many sites, each a partition of the same pool."""
+    return load_dataset(dataset, seed)
+
+
 def reference_schema(dataset: str, seed: int) -> LabeledData:
     """The registered dataset's held-out test set: fixes classes and features for the run."""
-    return load_dataset(dataset, seed)[1]
+    return registered_dataset(dataset, seed)[1]
 
 
 @lru_cache(maxsize=16)
@@ -46,7 +52,7 @@ def load_site_data(
     else:  # flwr-datasets (and Hugging Face datasets) only where a site is a partition
         from common.data.partition import natural_partition_values, partition
 
-        pool = load_dataset(settings.dataset, settings.seed)[0]
+        pool = registered_dataset(settings.dataset, settings.seed)[0]
         by = settings.partition_by if settings.partitioner == "natural" else ""
         records = partition(
             pool,

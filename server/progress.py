@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from statistics import median
+from typing import Any
+
 from server.strategy import RoundRecord
+
+# Above this many replying sites the line summarises them (metrics.jsonl and summary.json keep
+# every site): a round of 100 sampled sites out of 1,000 stays one readable line.
+MAX_LISTED_SITES = 8
 
 
 def format_round(rec: RoundRecord, num_rounds: int, dp: bool) -> str:
@@ -16,9 +23,11 @@ def format_round(rec: RoundRecord, num_rounds: int, dp: bool) -> str:
         )
     if rec.federated_eval:
         parts.append(f"federated acc {rec.federated_eval.get('eval-accuracy', float('nan')):.4f}")
-    for site, m in sorted(rec.sites.items()):
-        if "status" not in m:
-            continue
+    replied = {site: m for site, m in rec.sites.items() if "status" in m}
+    if len(replied) > MAX_LISTED_SITES:  # many sites: one summary; every site is in the files
+        parts.append(_sites_summary(replied, dp))
+        replied = {}
+    for site, m in sorted(replied.items()):
         if m["status"] == "rejected":  # its metrics are not to be trusted, nor printed
             parts.append(f"{site}: REJECTED")
         elif not dp:
@@ -37,3 +46,22 @@ def format_round(rec: RoundRecord, num_rounds: int, dp: bool) -> str:
     if rec.failures:
         parts.append(f"{len(rec.failures)} failed")
     return " | ".join(parts)
+
+
+def _sites_summary(sites: dict[str, dict[str, Any]], dp: bool) -> str:
+    """e.g. ``100 sites: 97 trained, 3 refused | eps spent min 0.41 median 1.20 max 7.99``"""
+    trained = sum(m["status"] == "trained" for m in sites.values())
+    rejected = sum(m["status"] == "rejected" for m in sites.values())
+    text = f"{len(sites)} sites: {trained} trained"
+    if rejected:
+        text += f", {rejected} REJECTED"
+    if trained + rejected < len(sites):
+        text += f", {len(sites) - trained - rejected} did not train"
+    if not dp:
+        return text + " | NON-PRIVATE"
+    # a rejected reply's metrics are not to be trusted: they are left out of the figures
+    trusted = [m for m in sites.values() if m["status"] != "rejected"]
+    spent = [float(m["epsilon-spent"]) for m in trusted if "epsilon-spent" in m]
+    if spent:
+        text += f" | eps spent min {min(spent):.3f} median {median(spent):.3f} max {max(spent):.3f}"
+    return text

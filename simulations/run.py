@@ -29,7 +29,16 @@ from common.task import model_source
 from simulations.superlink import CONNECTION, LocalSuperLink
 
 APP_DIR = Path(__file__).resolve().parents[1]
-SIMULATION_KEYS = ("num-supernodes", "client-resources-num-cpus", "client-resources-num-gpus")
+# Flower's simulation federation options (Ray backend): per-site resources decide how many sites
+# run at once (Ray's CPUs / client-resources-num-cpus); init-args-num-cpus/-gpus cap what Ray
+# may use of the machine (README "Many sites").
+SIMULATION_KEYS = (
+    "num-supernodes",
+    "client-resources-num-cpus",
+    "client-resources-num-gpus",
+    "init-args-num-cpus",
+    "init-args-num-gpus",
+)
 
 
 _DUPLICATE_LOG = re.compile(r"^\d\d/\d\d/\d{4} \d\d:\d\d:\d\d:[A-Z]+:")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import warnings
 from contextlib import nullcontext, redirect_stderr
+from functools import lru_cache
 
 import numpy as np
 from datasets import Dataset
@@ -51,7 +52,6 @@ def partition(
         )
     if num_partitions > len(data):
         raise ValueError(f"cannot split {len(data)} records into {num_partitions} partitions")
-    table = {"_index": np.arange(len(data)), "_label": data.labels}
     if scheme == "natural":
         values = natural_partition_values(data, by)
         if len(values) != num_partitions:
@@ -59,10 +59,7 @@ def partition(
                 f"natural partitioning by {by!r} gives {len(values)} partitions {values}, "
                 f"but num_partitions is {num_partitions}; set num_partitions to {len(values)}"
             )
-        table["_by"] = [str(v) for v in data.columns[by]]
-    partitioner = _partitioner(scheme, num_partitions, alpha, by, seed, len(data))
-    dataset = Dataset.from_dict(table)
-    partitioner.dataset = dataset.shuffle(seed=seed) if scheme == "iid" else dataset
+    partitioner = _fitted_partitioner(data, scheme, num_partitions, alpha, by, seed)
     try:
         # Keep site logs clean: NaturalIdPartitioner draws a tqdm bar on every call, and
         # DirichletPartitioner warns on each redraw (it redraws up to 10 times; we explain failure).
@@ -81,6 +78,22 @@ def partition(
             f"partitions or another seed ({error})"
         ) from error
     return data.subset(np.asarray(chosen["_index"], dtype=np.int64))
+
+
+@lru_cache(maxsize=4)
+def _fitted_partitioner(
+    data: LabeledData, scheme: str, num_partitions: int, alpha: float, by: str, seed: int
+) -> Partitioner:
+    """The partitioner of ``data`` (hashed by identity: the caller caches the pool), kept per
+    process: with many simulated sites each call then only reads its share, instead of
+    rebuilding the index table and redrawing every partition (Dirichlet draws all at once)."""
+    table = {"_index": np.arange(len(data)), "_label": data.labels}
+    if scheme == "natural":
+        table["_by"] = [str(v) for v in data.columns[by]]
+    partitioner = _partitioner(scheme, num_partitions, alpha, by, seed, len(data))
+    dataset = Dataset.from_dict(table)
+    partitioner.dataset = dataset.shuffle(seed=seed) if scheme == "iid" else dataset
+    return partitioner
 
 
 def natural_partition_values(data: LabeledData, by: str) -> list[str]:

@@ -20,6 +20,8 @@ from functools import lru_cache
 import dp_accounting
 from dp_accounting import pld, rdp
 
+from common.privacy.pld_cache import pld_epsilon
+
 ACCOUNTANTS = ("pld", "rdp")
 
 
@@ -91,7 +93,11 @@ def compute_epsilon(releases: Iterable[DpRelease], delta: float, accountant: str
 def _composed_epsilon(
     batches: tuple[tuple[tuple[float, float], int], ...], delta: float, accountant: str
 ) -> float:
-    """Cached: each round asks again for the same history (spent before, spent after)."""
+    """Cached: each round asks again for the same history (spent before, spent after). PLD:
+    the same composition as PLDAccountant, with per-(sigma, q) and per-(sigma, q, k) PLDs
+    reused across histories (common.privacy.pld_cache)."""
+    if accountant == "pld":
+        return pld_epsilon(batches, delta, PLD_VALUE_DISCRETIZATION)
     acc = make_accountant(accountant)
     for (sigma, q), steps in batches:
         acc.compose(DpRelease(sigma, q, steps).event())

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import dp_accounting
 
-from common.privacy.accounting import DpRelease, make_accountant
+from common.privacy.accounting import DpRelease, compute_epsilon, make_accountant
 
 _SIGMA_LIMITS = (1e-3, 1e4)
 
@@ -25,9 +25,10 @@ def calibrate_noise_multiplier(
     """Smallest sigma (to 0.2% relative tolerance) such that ``steps`` DP-SGD steps at rate q,
     composed after the already ``spent`` releases, stay within ``target_epsilon`` at ``delta``.
 
-    dp-accounting's ``calibrate_dp_mechanism`` bisects sigma. PLD is slow for small sigma, so
-    the bracket comes from the (fast, looser) RDP accountant first: eps_PLD <= eps_RDP, hence
-    sigma_PLD <= sigma_RDP. Raises ValueError for impossible targets.
+    Bisection on sigma (as dp-accounting's ``calibrate_dp_mechanism``, here over our cached PLD
+    path, common.privacy.pld_cache, which that function cannot use). PLD is slow for small
+    sigma, so the bracket comes from the (fast, looser) RDP accountant first: eps_PLD <= eps_RDP,
+    hence sigma_PLD <= sigma_RDP. Raises ValueError for impossible targets.
     """
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ValueError(f"target epsilon must be a finite number > 0, got {target_epsilon}")
@@ -44,6 +45,11 @@ def calibrate_noise_multiplier(
         return dp_accounting.ComposedDpEvent(events)
 
     def gap(name: str) -> Callable[[float], float]:
+        if name == "pld":  # the cached, vectorised PLD path: the same epsilon, ~3x faster
+            return lambda sigma: (
+                compute_epsilon([*spent, DpRelease(sigma, sample_rate, steps)], delta, "pld")
+                - target_epsilon
+            )
         return lambda sigma: _epsilon(event(sigma), name, delta) - target_epsilon
 
     upper = _grow_until_within(gap("rdp"))
@@ -62,16 +68,7 @@ def calibrate_noise_multiplier(
     lower = upper / 2
     while lower > _SIGMA_LIMITS[0] and gap(accountant)(lower) <= 0:
         lower /= 2
-    return float(
-        dp_accounting.calibrate_dp_mechanism(
-            lambda: make_accountant(accountant),
-            event,
-            target_epsilon,
-            delta,
-            dp_accounting.ExplicitBracketInterval(lower, upper),
-            tol=2e-3 * upper,
-        )
-    )
+    return float(_bisect(gap(accountant), lower, upper, tol=2e-3 * upper))
 
 
 def _grow_until_within(gap: Callable[[float], float]) -> float:

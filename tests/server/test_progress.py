@@ -74,3 +74,25 @@ def test_client_level_epsilon_is_its_own_labelled_figure_and_rejected_sites_show
     line = format_round(rec, num_rounds=5, dp=True)
     assert " | Broken: REJECTED | " in line
     assert " | client-level eps 1.235 (delta 1.0e-05, z 1.100, q 0.40) | 2 failed" in line
+
+
+def test_many_sites_are_summarised_on_one_short_line():
+    sites = {f"site-{i}": site(0.1 * i, 8.0, 1e-5) for i in range(1, 100)}
+    sites["site-0"] = site(7.99, 8.0, 1e-5, "budget exhausted")
+    rec = RoundRecord(server_round=4, sites=sites, train={"train-loss": 0.5})
+    line = format_round(rec, num_rounds=10, dp=True)
+    assert line == (
+        "round 4/10 | train loss 0.5000 | 100 sites: 99 trained, 1 did not train"
+        " | eps spent min 0.100 median 5.050 max 9.900"
+    )
+    assert "site-" not in format_round(rec, num_rounds=10, dp=False)
+
+
+def test_rejected_sites_are_counted_apart_and_left_out_of_the_epsilon_figures():
+    sites = {f"site-{i}": site(1.0, 8.0, 1e-5) for i in range(10)}
+    sites["site-9"] = {"status": "rejected", "epsilon-spent": "junk"}
+    rec = RoundRecord(server_round=1, sites=sites)
+    line = format_round(rec, num_rounds=2, dp=True)
+    assert line.endswith(
+        "10 sites: 9 trained, 1 REJECTED | eps spent min 1.000 median 1.000 max 1.000"
+    )
