@@ -9,7 +9,7 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.evaluation import evaluate
+from client.evaluation import eval_metrics, evaluate
 from client.local_round import run_train_round, site_model
 from client.site_context import site_from_context
 from common.protocol import (
@@ -44,10 +44,8 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's local validation split (aggregate metrics only)."""
     site = site_from_context(context)
     model, dataset, _ = site_model(site, from_array_record(msg.content[ARRAYS]), "validation")
-    result = evaluate(model, dataset, device=site.device)
-    metrics = {
-        "eval-loss": result.loss,
-        "eval-accuracy": result.accuracy,
+    result = evaluate(model, dataset, device=site.device, tag_names=site.data.train.class_names)
+    metrics = eval_metrics(result) | {
         "num-examples": result.num_examples,
         "partition-id": site.partition_id,
     }

@@ -13,6 +13,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
+from common.entities import federated_entity_scores, is_count_key
 from common.protocol import ARRAYS, DECISION, METRICS, STATUS_NAMES, TRAINED, from_array_record
 from server.update_validation import check_train_reply
 
@@ -193,7 +194,8 @@ class PrivacyAware(FedAvg):
         """With evaluate-with-train, a train reply also holds the site's evaluation of the
         model it received, i.e. of round ``model_round``'s global model: file it there."""
         examples = int(metrics.pop("eval-examples", 0))
-        scores = {k: metrics.pop(k) for k in ("eval-loss", "eval-accuracy") if k in metrics}
+        keys = [k for k in metrics if k in ("eval-loss", "eval-accuracy") or is_count_key(k)]
+        scores = {k: metrics.pop(k) for k in keys}
         if examples > 0 and model_round >= 0:
             entry = self.record(model_round).sites.setdefault(label, {})
             entry.update(scores | {"eval-examples": examples})
@@ -206,7 +208,7 @@ class PrivacyAware(FedAvg):
             self.record(model_round).federated_eval = {
                 k: sum(m[k] * m["eval-examples"] for m in weighted) / total
                 for k in ("eval-loss", "eval-accuracy")
-            }
+            } | federated_entity_scores(weighted)  # NER: F1 of the summed entity counts
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -220,7 +222,15 @@ class PrivacyAware(FedAvg):
                     {f"{k}": v for k, v in msg.content[METRICS].items() if k.startswith("eval-")}
                 )
         metrics = super().aggregate_evaluate(server_round, replies)
-        rec.federated_eval = {k: v for k, v in (metrics or {}).items() if k.startswith("eval-")}
+        # Entity counts (NER) are summed, not averaged: F1 is computed from the sums.
+        counted = federated_entity_scores(
+            msg.content[METRICS] for msg in replies if msg.has_content() and METRICS in msg.content
+        )
+        rec.federated_eval = {
+            k: v
+            for k, v in (metrics or {}).items()
+            if k.startswith("eval-") and not is_count_key(k)
+        } | counted
         return metrics
 
 
