@@ -13,9 +13,13 @@ Metric keys a site sends (scalars, MetricRecord): ``eval-entity-tp/<type>``, ``.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from seqeval.metrics.sequence_labeling import get_entities
+
+log = logging.getLogger("fedpriv.entities")
 
 COUNT_PREFIX = "eval-entity-"
 COUNTS = ("tp", "fp", "fn")
@@ -59,13 +63,18 @@ def is_count_key(key: str) -> bool:
 
 
 def summed_counts(records: Iterable[Mapping[str, float | int]]) -> Counts:
-    """Per-type (TP, FP, FN) summed over the sites' metric records (keys of ``count_metrics``)."""
+    """Per-type (TP, FP, FN) summed over the sites' metric records (keys of ``count_metrics``).
+    A record holding a count that is not a whole number >= 0 is left out (and logged)."""
     totals: dict[str, list[int]] = {}
     for record in records:
-        for key, value in record.items():
-            if is_count_key(key):
-                name, kind = key[len(COUNT_PREFIX) :].split("/", 1)
-                totals.setdefault(kind, [0, 0, 0])[COUNTS.index(name)] += int(value)
+        counts = {k: v for k, v in record.items() if is_count_key(k)}
+        bad = [k for k, v in counts.items() if not (math.isfinite(v) and v >= 0 and v == int(v))]
+        if bad:
+            log.warning("entity counts %s are not whole numbers >= 0: record left out", bad[:3])
+            continue
+        for key, value in counts.items():
+            name, kind = key[len(COUNT_PREFIX) :].split("/", 1)
+            totals.setdefault(kind, [0, 0, 0])[COUNTS.index(name)] += int(value)
     return {kind: (v[0], v[1], v[2]) for kind, v in totals.items()}
 
 

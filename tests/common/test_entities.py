@@ -74,3 +74,10 @@ def test_no_entities_anywhere_scores_zero_not_nan():
     assert counts == {k: (0, 0, 0) for k in TYPES}
     scores = entity_scores(counts)
     assert scores["entity-f1"] == 0.0 and scores["entity-macro-f1"] == 0.0
+
+
+def test_a_record_with_impossible_counts_is_left_out():
+    good = count_metrics({"person": (2, 1, 0)})
+    bad = count_metrics({"person": (5, 0, 0)}) | {"eval-entity-fn/person": -3}
+    half = count_metrics({"person": (1, 0, 0)}) | {"eval-entity-tp/person": 0.5}
+    assert summed_counts([good, bad, half]) == {"person": (2, 1, 0)}
