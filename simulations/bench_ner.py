@@ -1,7 +1,7 @@
 """Benchmark: federated NER entity F1, non-DP vs DP-SGD, with the real all-MiniLM-L6-v2 + LoRA.
 
     python -m simulations.bench_ner [--config simulations/configs/ner.toml] [--epsilon 8]
-        [--set num-server-rounds=5 --set local-steps=8 ...] [--results-dir results]
+        [--set num-server-rounds=5 --set local-steps=8 ...] [--runs nondp,dp] [--results-dir DIR]
 
 Runs the same federated simulation (default: simulations/configs/ner.toml, 4 sites, WNUT16)
 twice through Flower, once without privacy (dp=false) and once with DP-SGD at target epsilon
@@ -96,7 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilon", type=float, default=8.0, help="target epsilon of the DP run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument(
+        "--runs", default="nondp,dp", help="which runs, comma-separated: nondp, dp (default both)"
+    )
     args = parser.parse_args(argv)
+    runs = {r.strip() for r in args.runs.split(",") if r.strip()}
+    if not runs or runs - {"nondp", "dp"}:
+        parser.error(f"--runs takes nondp and/or dp, got {args.runs!r}")
     overrides = dict(tomllib.loads("\n".join(args.set)))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     command = "python -m simulations.bench_ner " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -105,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         ("federated, non-DP", {"dp": False}),
         (f"federated, DP epsilon {args.epsilon:g}", {"dp": True, "target-epsilon": args.epsilon}),
     ):
-        name = f"bench-ner-{'dp' if extra['dp'] else 'nondp'}-{stamp}"
+        kind = "dp" if extra["dp"] else "nondp"
+        if kind not in runs:
+            continue
+        name = f"bench-ner-{kind}-{stamp}"
         summary, seconds = run_case(args.config, overrides | extra, args.results_dir, name)
         cases.append((label, summary, seconds))
     table = markdown(cases, command.strip())
