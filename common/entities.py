@@ -17,8 +17,6 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from seqeval.metrics.sequence_labeling import get_entities
-
 log = logging.getLogger("fedpriv.entities")
 
 COUNT_PREFIX = "eval-entity-"
@@ -31,6 +29,8 @@ def entity_counts(
     gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]], types: Iterable[str]
 ) -> Counts:
     """(TP, FP, FN) per entity type over sentences of gold and predicted tags (same lengths)."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
     if len(gold) != len(predicted) or any(
         len(g) != len(p) for g, p in zip(gold, predicted, strict=True)
     ):

@@ -9,11 +9,14 @@ recipe, via the fast tokenizer's ``word_ids()``). So each word is scored exactly
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
-from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # transformers (~2 s to import) stays out of tabular sites' processes
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 
