@@ -10,7 +10,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.client_dp import client_clipping_mod
-from client.evaluation import evaluate
+from client.evaluation import eval_metrics, evaluate
 from client.local_round import run_train_round, site_model
 from client.secure_aggregation import secure_aggregation_mod
 from client.site_context import site_from_context
@@ -55,10 +55,8 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         )
         return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
     model, dataset, _ = site_model(site, from_array_record(msg.content[ARRAYS]), "validation")
-    result = evaluate(model, dataset, device=site.device)
-    metrics = {
-        "eval-loss": result.loss,
-        "eval-accuracy": result.accuracy,
+    result = evaluate(model, dataset, device=site.device, tag_names=site.data.train.class_names)
+    metrics = eval_metrics(result) | {
         "num-examples": result.num_examples,
         "partition-id": site.partition_id,
     }

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from client.evaluation import evaluate
+from client.evaluation import eval_metrics, evaluate
 from client.policy import Clamp, RoundRefused, check_non_private
 from client.privacy_round import authorize_round, site_delta
 from client.request import RequestError, TrainRequest
@@ -105,6 +105,8 @@ def run_train_round(
         return _refusal(site, base | state, refusal.status, str(refusal))
     model, tensors, truncated = site_model(site, weights, "train")
     base["truncated-texts"] = truncated
+    if hasattr(tensors, "words_cut"):  # token classification: words beyond max-length
+        base["truncated-words"] = tensors.words_cut
     if not request.dp:  # the policy allows it; the ledger learns the data lost its DP bound
         result = _train(site, request, model, tensors, None)
         with PrivacyLedger(site.ledger_path) as ledger:
@@ -170,14 +172,12 @@ def run_train_round(
 
 
 def evaluate_received(site: Site, weights: dict[str, np.ndarray]) -> Metrics:
-    """Loss and accuracy of the received global model on the site's validation records."""
+    """Loss and accuracy of the received global model on the site's validation records (and,
+    for a token classifier, its entity counts)."""
     model, dataset, _ = site_model(site, weights, "validation")
-    result = evaluate(model, dataset, device=site.device)
-    return {
-        "eval-examples": result.num_examples,
-        "eval-loss": result.loss,
-        "eval-accuracy": result.accuracy,
-    }
+    tags = site.data.validation.class_names
+    result = evaluate(model, dataset, device=site.device, tag_names=tags)
+    return {"eval-examples": result.num_examples} | eval_metrics(result)
 
 
 def _ledger_state(

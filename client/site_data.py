@@ -40,14 +40,16 @@ def load_site_data(
 ) -> SiteData:
     """Load (once per process) the records this site trains and evaluates on."""
     if site.data_file:
+        reference = reference_schema(settings.dataset, settings.seed)
+        tagged = reference.kind == "tokens"  # a token-tagged file is read against the run's tags
         records = load_site_file(
             site.data_file,
             label_column=site.label_column,
             text_column=site.text_column or None,
             feature_columns=site.feature_list,
-            class_names=site.class_list,
+            class_names=site.class_list or (reference.class_names if tagged else None),
         )
-        _check_matches_run(records, reference_schema(settings.dataset, settings.seed), site)
+        _check_matches_run(records, reference, site)
         name = site.name or f"site-{partition_id}"
     else:  # flwr-datasets (and Hugging Face datasets) only where a site is a partition
         from common.data.partition import natural_partition_values, partition
@@ -79,6 +81,11 @@ def _check_matches_run(records: LabeledData, reference: LabeledData, site: SiteS
         raise ConfigError(
             f"{where} has {records.num_classes} classes {records.class_names}; the run's model "
             f"has {reference.num_classes} {reference.class_names} (declare class-names to match)"
+        )
+    if records.kind == "tokens" and records.class_names != reference.class_names:
+        raise ConfigError(
+            f"{where} has the tag set {records.class_names}; the run's model has "
+            f"{reference.class_names} (same tags, same order)"
         )
     if records.kind == "tabular":
         assert records.features is not None and reference.features is not None

@@ -127,6 +127,47 @@ def _generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Ge
     return generator
 
 
+class TokenCrossEntropy(nn.Module):
+    """Cross-entropy of a token classifier with one loss per example: logits [B, T, C], labels
+    [B, T]; example b's loss is the mean over its own scored tokens (labels != ignore_index).
+
+    Our own (a few lines) because torch's CrossEntropyLoss(ignore_index) divides by the batch's
+    total token count, which couples examples: DP-SGD needs each example's gradient to depend on
+    that example alone. reduction "mean" averages the per-example losses (Opacus's convention),
+    "sum" adds them, "none" returns them ([B]); Opacus's ghost clipping switches to "none" to get
+    the per-example losses (the same per-sequence mean its own ``shape=`` path computes).
+    """
+
+    def __init__(self, reduction: str = "mean", ignore_index: int = -100) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        per_token = nn.functional.cross_entropy(
+            logits.flatten(0, 1),
+            labels.flatten(),
+            ignore_index=self.ignore_index,
+            reduction="none",
+        ).view(labels.shape)
+        scored = (labels != self.ignore_index).sum(dim=1).clamp(min=1)
+        per_example = per_token.sum(dim=1) / scored
+        if self.reduction == "none":
+            return per_example
+        if self.reduction == "sum":
+            return per_example.sum()
+        if self.reduction == "mean":
+            return per_example.mean()
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {self.reduction!r}")
+
+
+def make_criterion(dataset: Dataset) -> nn.Module:
+    """Cross-entropy per example: token-level (TokenCrossEntropy) when a record's label is a
+    sequence of tags, else torch's CrossEntropyLoss."""
+    token_level = dataset[0][-1].dim() > 0
+    return TokenCrossEntropy() if token_level else nn.CrossEntropyLoss()
+
+
 HEAD_MODULES = ("classifier", "score")  # Hugging Face names of classification heads
 
 
@@ -226,6 +267,7 @@ def train_locally(
 ) -> TrainResult:
     """Train ``model`` in place on ``dataset`` (tuples ``(*inputs, label)``; ``model(*inputs)``
     gives logits) with cross-entropy, for ``epochs`` epochs of ``steps_per_epoch(n, B)`` steps.
+    A label of one tag per token trains a token classifier (``TokenCrossEntropy``).
 
     dp: None trains without privacy (shuffled batches of B); DpSgdSettings(sigma, C) runs DP-SGD
         with Poisson sample rate q = ``sample_rate(n, B)``. The model is made private afresh on
@@ -265,7 +307,7 @@ def train_locally(
     params = [p for p in model.parameters() if p.requires_grad]
     mode = _pick_grad_sample_mode(grad_sample_mode, params)
     opt = _make_optimizer(optimizer, model, learning_rate, head_learning_rate)
-    criterion: nn.Module = nn.CrossEntropyLoss()
+    criterion = make_criterion(dataset)
     sampling_seed, noise_seed = _stream_seeds(seed)
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=dp is None, generator=_generator(sampling_seed)

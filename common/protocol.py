@@ -35,7 +35,8 @@ STATUS_NAMES = {
     NON_PRIVATE_REFUSED: "non-private refused",
 }
 
-# Metric keys a training reply carries (the same keys in every train reply).
+# Metric keys a training reply carries (the same keys in every train reply). Evaluations of a
+# token classifier (NER) add TP/FP/FN counts per entity type (common.entities.count_metrics).
 TRAIN_METRIC_KEYS = (
     "num-examples",  # n: training records (FedAvg weight); 0 when the site did not train
     "status",  # TRAINED or a refusal code (STATUS_NAMES)
@@ -51,7 +52,7 @@ TRAIN_METRIC_KEYS = (
     "sample-rate",  # q
     "max-grad-norm",  # C
     "steps",  # DP-SGD steps this round
-    "truncated-texts",
+    "truncated-texts",  # texts (NER: sentences) longer than max-length; NER adds truncated-words
     "train-seconds",
     "eval-examples",  # > 0: the received global model was evaluated on this many records
     "eval-loss",

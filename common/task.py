@@ -30,11 +30,18 @@ def model_source(settings: RunSettings) -> str:
 
 
 def check_model_fits(settings: RunSettings, data: LabeledData) -> None:
-    """The configured model kind must suit the data kind (text model for text, else tabular)."""
+    """The configured model kind must suit the data kind: the text model for text (sequence
+    classification) and tokens (token classification), else tabular."""
     wants_text = settings.model == "text"
-    if wants_text != (data.kind == "text"):
-        fix = "model='text'" if data.kind == "text" else "model='mlp' or 'logreg'"
+    is_text = data.kind in ("text", "tokens")
+    if wants_text != is_text:
+        fix = "model='text'" if is_text else "model='mlp' or 'logreg'"
         raise ConfigError(f"model {settings.model!r} cannot train on {data.kind} data; use {fix}")
+    if data.kind == "tokens" and settings.pooler_init != "pretrained":
+        raise ConfigError(
+            "pooler-init applies to sequence classification only; a token classifier has no "
+            "pooler: use pooler-init='pretrained'"
+        )
 
 
 def build_model(
@@ -43,10 +50,11 @@ def build_model(
     """A fresh model for ``data``'s shape, identical for every caller with the same settings.
 
     Tabular: seeded MLP / logistic regression. Text: the pretrained encoder from
-    ``model_source`` with a new head, LoRA adapters when ``lora`` (seeded the same way).
+    ``model_source`` with a new head, LoRA adapters when ``lora`` (seeded the same way): a
+    sequence classifier for text data, a token classifier (one tag per word) for tokens data.
     """
     check_model_fits(settings, data)
-    if data.kind == "text":
+    if data.kind in ("text", "tokens"):
         from common.models.text import LoraSettings, load_text_classifier
 
         lora = (
@@ -66,6 +74,9 @@ def build_model(
             device=device,
             seed=settings.seed,
             pooler_init=settings.pooler_init,
+            **(
+                {"task": "tokens", "label_names": data.class_names} if data.kind == "tokens" else {}
+            ),
         )
     assert data.features is not None
     with torch.random.fork_rng(devices=[]):
@@ -77,11 +88,22 @@ def build_model(
 def to_tensors(
     data: LabeledData, tokenizer: PreTrainedTokenizerBase | None, max_length: int
 ) -> tuple[TensorDataset, int]:
-    """Tensors ``(*inputs, label)`` for training/evaluation, and how many texts were truncated."""
+    """Tensors ``(*inputs, label)`` for training/evaluation, and how many texts were truncated.
+
+    Tokens data: ``label`` is one tag per sub-token ([n, T], -100 where not scored) and the count
+    is of sentences cut (``TaggedWordTensors.words_cut`` holds the words lost).
+    """
     labels = torch.as_tensor(data.labels, dtype=torch.long)
     if data.kind == "tabular":
         assert data.features is not None
         return TensorDataset(torch.as_tensor(data.features, dtype=torch.float32), labels), 0
+    if data.kind == "tokens":
+        if tokenizer is None or data.tokens is None or data.tags is None:
+            raise ValueError("tokens data needs a tokenizer, words and tags")
+        from common.models.tokens import encode_tagged_words
+
+        encoded = encode_tagged_words(tokenizer, data.tokens, data.tags, max_length)
+        return encoded, encoded.sentences_cut
     if tokenizer is None or data.texts is None:
         raise ValueError("text data needs a tokenizer")
     from common.models.text import encode_texts

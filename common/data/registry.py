@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from common.data.assets import fetch
+from common.data.conll import bio_tags, read_tagged_file
 from common.data.tabular import TabularSchema, encode_tabular
 from common.data.types import LabeledData
 
@@ -176,12 +177,35 @@ def _breast_cancer(seed: int) -> Split:
     return _tabular(frame, labels, [str(c) for c in bunch.target_names], schema, {}, labels, seed)
 
 
+# WNUT16 (Twitter NER): the 10 entity types of the shared task, in a fixed order.
+WNUT16_TYPES = (
+    "company",
+    "facility",
+    "geo-loc",
+    "movie",
+    "musicartist",
+    "other",
+    "person",
+    "product",
+    "sportsteam",
+    "tvshow",
+)
+
+
+def _wnut16_ner(seed: int) -> Split:
+    """2,394 tweets, one BIO tag per word; split stratified by "holds an entity" (918 do)."""
+    data = read_tagged_file(fetch("wnut16-ner"), bio_tags(WNUT16_TYPES))
+    train, test = _split_indices(data.labels, seed)
+    return data.subset(train), data.subset(test)
+
+
 _LOADERS: dict[str, Callable[[int], Split]] = {
     "heart-disease": _heart_disease,
     "rotten-tomatoes": _rotten_tomatoes,
     "breast-cancer": _breast_cancer,
     "drug-reviews": _drug_reviews,
     "credit-default": _credit_default,
+    "wnut16-ner": _wnut16_ner,
 }
 
 DATASETS: tuple[str, ...] = tuple(_LOADERS)

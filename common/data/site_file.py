@@ -1,7 +1,9 @@
 """A site's own labelled data file (CSV or JSON Lines) read into LabeledData, with specific errors.
 
 The file format follows the suffix: ``.csv`` is CSV with a header row; ``.jsonl`` and ``.json`` are
-JSON Lines, one object per record (a ``.json`` file holding one array of objects is accepted too).
+JSON Lines, one object per record (a ``.json`` file holding one array of objects is accepted too);
+``.conll`` is token-tagged text for token classification (NER): ``token<TAB>tag`` lines, a blank
+line between sentences (``common.data.conll``), read against the declared tag set.
 A text dataset names its ``text_column``; otherwise the data are tabular and ``feature_columns``
 (default: every other numeric column) must hold finite numbers. Labels are class names or class
 indices; declaring ``class_names`` fixes the classes (and their order) for the whole federation,
@@ -18,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.data.conll import TaggedFileError, read_tagged_file
 from common.data.types import LabeledData
 
-SUFFIXES = (".csv", ".jsonl", ".json")
+SUFFIXES = (".csv", ".jsonl", ".json", ".conll")
+TAGGED_SUFFIX = ".conll"
 
 
 class DataError(ValueError):
@@ -35,8 +39,16 @@ def load_site_file(
     feature_columns: list[str] | None = None,
     class_names: list[str] | None = None,
 ) -> LabeledData:
-    """Read ``path`` into LabeledData (text if ``text_column`` is given, else tabular)."""
+    """Read ``path`` into LabeledData (text if ``text_column`` is given, else tabular; tokens for
+    a ``.conll`` file, whose tags must be among ``class_names``, the run's tag set)."""
     path = Path(path)
+    if path.suffix == TAGGED_SUFFIX:
+        if not class_names:
+            raise DataError(f"{path}: a token-tagged file needs the tag set (class-names)")
+        try:
+            return read_tagged_file(path, list(class_names))
+        except TaggedFileError as error:
+            raise DataError(str(error)) from error
     frame = _read(path)
     _require_columns(
         frame,
@@ -80,6 +92,9 @@ def write_site_file(data: LabeledData, path: str | Path) -> None:
     """Write ``data`` as a site file (format by suffix): column "label" holds class names, "text"
     the texts (text data) or one column per feature name (tabular), plus ``data.columns``."""
     path = Path(path)
+    if data.kind == "tokens":
+        _write_tagged(data, path)
+        return
     table: dict[str, object] = {"label": [data.class_names[i] for i in data.labels]}
     if data.kind == "text":
         table["text"] = data.texts
@@ -96,6 +111,20 @@ def write_site_file(data: LabeledData, path: str | Path) -> None:
         frame.to_json(path, orient="records", lines=True, force_ascii=False)
     else:
         raise DataError(f"cannot write {path}: use one of the suffixes {', '.join(SUFFIXES)}")
+
+
+def _write_tagged(data: LabeledData, path: Path) -> None:
+    """Token data as CoNLL: ``word<TAB>tag`` lines, a blank line after each sentence."""
+    if path.suffix != TAGGED_SUFFIX:
+        raise DataError(f"cannot write token-tagged data to {path}: use the suffix {TAGGED_SUFFIX}")
+    assert data.tokens is not None and data.tags is not None
+    lines = []
+    for words, tags in zip(data.tokens, data.tags, strict=True):
+        bad = [w for w in words if "\t" in w or "\n" in w or not w.strip()]
+        if bad:
+            raise DataError(f"cannot write words {bad[:3]} to {path}: empty or with a tab/newline")
+        lines += [f"{w}\t{data.class_names[t]}" for w, t in zip(words, tags, strict=True)] + [""]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _read(path: Path) -> pd.DataFrame:

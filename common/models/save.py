@@ -2,7 +2,8 @@
 
 Layouts written by ``save_model(model, out_dir, tokenizer)``:
 - full fine-tuning: ``out_dir`` is a Hugging Face checkpoint (+ tokenizer):
-  ``AutoModelForSequenceClassification.from_pretrained(out_dir)``.
+  ``AutoModelForSequenceClassification.from_pretrained(out_dir)`` (a token classifier:
+  ``AutoModelForTokenClassification``, its tag names in ``config.id2label``).
 - LoRA: ``out_dir`` holds the adapter + head (``PeftModel.from_pretrained(base, out_dir)``, with
   ``base`` loaded from the original path) and the tokenizer; ``out_dir/merged`` holds the
   adapters merged into the base weights, a plain checkpoint (+ tokenizer) for ``from_pretrained``.

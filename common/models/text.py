@@ -1,4 +1,4 @@
-"""Hugging Face sequence classifiers (full fine-tuning or LoRA) and the encoding of their texts."""
+"""Hugging Face sequence and token classifiers (full fine-tuning or LoRA); encoding of texts."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from transformers import (
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -47,12 +48,14 @@ class LoraSettings:
 
 
 class TextClassifier(nn.Module):
-    """``logits = model(input_ids, attention_mask, token_type_ids, position_ids)``.
+    """``logits = model(input_ids, attention_mask, token_type_ids, position_ids)``: [B, C] for a
+    sequence classifier, [B, T, C] for a token classifier.
 
-    Wraps a Hugging Face sequence classifier (plain or peft LoRA) so that it is called with
-    positional tensors, the form ``encode_texts`` produces. Explicit ``position_ids`` and
-    ``token_type_ids`` (one row per example) let Opacus compute per-sample gradients of the
-    embedding tables in full fine-tuning; arguments the model does not accept are dropped.
+    Wraps a Hugging Face sequence or token classifier (plain or peft LoRA) so that it is called
+    with positional tensors, the form ``encode_texts`` (``encode_tagged_words``) produces.
+    Explicit ``position_ids`` and ``token_type_ids`` (one row per example) let Opacus compute
+    per-sample gradients of the embedding tables in full fine-tuning; arguments the model does
+    not accept are dropped.
     """
 
     def __init__(self, model: PreTrainedModel | PeftModel) -> None:
@@ -116,6 +119,13 @@ def _check_lora_targets(model: nn.Module, targets: Sequence[str], name_or_path: 
         )
 
 
+# task -> (Hugging Face auto class, peft task type): one load path for both
+TASKS = {
+    "sequence": (AutoModelForSequenceClassification, TaskType.SEQ_CLS),
+    "tokens": (AutoModelForTokenClassification, TaskType.TOKEN_CLS),
+}
+
+
 def load_text_classifier(
     name_or_path: str,
     num_labels: int,
@@ -124,8 +134,14 @@ def load_text_classifier(
     device: torch.device | str,
     seed: int = 0,
     pooler_init: str = "pretrained",
+    task: str = "sequence",
+    label_names: Sequence[str] | None = None,
 ) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
     """Load a pretrained encoder with a fresh ``num_labels``-way head, plus its tokenizer.
+
+    task: "sequence" (one label per text: AutoModelForSequenceClassification) or "tokens" (one
+        label per token: AutoModelForTokenClassification; needs a fast tokenizer for word_ids).
+    label_names: optional name of each label, saved in the config (id2label / label2id).
 
     lora: None trains every parameter (full fine-tuning); LoraSettings trains adapters + head only.
     seed: seeds the weights that are newly initialised (head, LoRA A matrices), so that every
@@ -138,6 +154,19 @@ def load_text_classifier(
     """
     if pooler_init not in POOLER_INITS:
         raise ValueError(f"pooler_init must be one of {POOLER_INITS}, got {pooler_init!r}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {tuple(TASKS)}, got {task!r}")
+    if label_names is not None and len(label_names) != num_labels:
+        raise ValueError(f"{len(label_names)} label names for {num_labels} labels")
+    auto_class, task_type = TASKS[task]
+    names = (
+        {}
+        if label_names is None
+        else {
+            "id2label": dict(enumerate(label_names)),
+            "label2id": {n: i for i, n in enumerate(label_names)},
+        }
+    )
     _check_local(name_or_path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -146,13 +175,18 @@ def load_text_classifier(
             verbosity = hf_logging.get_verbosity()
             hf_logging.set_verbosity_error()  # the head is new by design: no "MISSING" report
             try:
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True
+                model = auto_class.from_pretrained(
+                    name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True, **names
                 )
             finally:
                 hf_logging.set_verbosity(verbosity)
         except (OSError, ValueError) as err:
             raise _unloadable(name_or_path, f"{type(err).__name__}: {err}") from err
+        if task == "tokens" and not tokenizer.is_fast:
+            raise ValueError(
+                f"token classification needs a fast tokenizer (word_ids() aligns tags to "
+                f"sub-tokens); {name_or_path!r} has {type(tokenizer).__name__}"
+            )
         pooler = _pooler_dense(model) if pooler_init == "identity" else None
         if pooler is not None:
             with torch.no_grad():
@@ -162,7 +196,7 @@ def load_text_classifier(
         if lora is not None:
             _check_lora_targets(model, lora.target_modules, name_or_path)
             config = LoraConfig(
-                task_type=TaskType.SEQ_CLS,
+                task_type=task_type,
                 r=lora.r,
                 lora_alpha=lora.alpha,
                 lora_dropout=lora.dropout,

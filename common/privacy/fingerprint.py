@@ -10,7 +10,7 @@ from common.data.types import LabeledData
 
 
 def dataset_fingerprint(data: LabeledData) -> str:
-    """sha256 over the records (features or texts) and labels, order-independent.
+    """sha256 over the records (features, texts or tagged words) and labels, order-independent.
 
     Two loads of the same records give the same key, however they were ordered, so a site's
     spend on its data composes across runs; any changed record gives a new key.
@@ -22,6 +22,9 @@ def dataset_fingerprint(data: LabeledData) -> str:
             h.update(np.ascontiguousarray(data.features[i], dtype=np.float64).tobytes())
         if data.texts is not None:
             h.update(data.texts[i].encode("utf-8"))
+        if data.tokens is not None and data.tags is not None:  # words and their tags
+            h.update("\x1f".join(data.tokens[i]).encode("utf-8"))
+            h.update(b"|" + np.ascontiguousarray(data.tags[i], dtype=np.int64).tobytes())
         h.update(b"|" + str(int(data.labels[i])).encode())
         row_hashes.append(h.digest())
     total = hashlib.sha256(data.kind.encode())

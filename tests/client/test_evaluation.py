@@ -31,3 +31,23 @@ def test_empty_dataset_is_refused():
         evaluate(
             torch.nn.Identity(), TensorDataset(torch.zeros(0, 2), torch.zeros(0)), device="cpu"
         )
+
+
+def test_token_classifier_scores_each_word_once_and_counts_entities():
+    from common.entities import entity_counts
+
+    tags = ["O", "B-person", "I-person"]
+    # 2 sentences, T = 5; -100 = not scored (special tokens, later sub-tokens, padding)
+    labels = torch.tensor([[-100, 1, -100, 2, -100], [-100, 0, 1, -100, -100]])
+    guess = torch.tensor([[0, 1, 0, 0, 2], [0, 0, 1, 1, 0]])  # word tags: [B, O], [O, B]
+    logits = torch.nn.functional.one_hot(guess, 3).float() * 50
+    result = evaluate(
+        torch.nn.Identity(), TensorDataset(logits, labels), device="cpu", tag_names=tags
+    )
+    assert result.gold_tags == [["B-person", "I-person"], ["O", "B-person"]]
+    assert result.predicted_tags == [["B-person", "O"], ["O", "B-person"]]
+    assert result.accuracy == pytest.approx(3 / 4)  # per scored word
+    assert result.entities == {"person": (1, 1, 1)}
+    assert result.entities == entity_counts(result.gold_tags, result.predicted_tags, ["person"])
+    with pytest.raises(ValueError, match="tag names"):
+        evaluate(torch.nn.Identity(), TensorDataset(logits, labels), device="cpu")

@@ -295,3 +295,73 @@ def test_physical_batches_bound_what_the_model_sees(monkeypatch):
     )
     assert result.num_steps == 2
     assert max(seen) <= 8 and sum(seen) > 48  # two logical batches of ~48, run 8 at a time
+
+
+def _tagged(tokenizer, n: int, seed: int = 0):
+    from common.models.tokens import encode_tagged_words
+
+    rng = np.random.default_rng(seed)
+    sentences = [list(rng.choice(WORDS, size=rng.integers(1, 8))) for _ in range(n)]
+    tags = [rng.integers(0, 5, size=len(s)) for s in sentences]
+    return encode_tagged_words(tokenizer, sentences, tags, max_length=16)
+
+
+def test_token_loss_of_an_example_is_its_own_mean_over_scored_tokens():
+    logits = torch.randn(3, 5, 4)
+    labels = torch.tensor([[-100, 1, 2, -100, -100], [-100, 0, -100, -100, -100], [3] * 5])
+    per_example = training.TokenCrossEntropy(reduction="none")(logits, labels)
+    for b in range(3):
+        scored = labels[b] != -100
+        alone = torch.nn.functional.cross_entropy(logits[b][scored], labels[b][scored])
+        torch.testing.assert_close(per_example[b], alone)
+    mean = training.TokenCrossEntropy()(logits, labels)
+    torch.testing.assert_close(mean, per_example.mean())
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_dp_token_step_without_noise_or_clipping_is_the_plain_step(tiny_bert, mode):
+    plain, tokenizer = load_text_classifier(
+        str(tiny_bert), 5, lora=None, device="cpu", task="tokens"
+    )
+    private, _ = load_text_classifier(str(tiny_bert), 5, lora=None, device="cpu", task="tokens")
+    for module in [*plain.modules(), *private.modules()]:
+        if isinstance(module, torch.nn.Dropout):  # the plain loader shuffles: other masks
+            module.p = 0.0
+    data = _tagged(tokenizer, 12)
+    assert data.tensors[-1].dim() == 2
+    kwargs = dict(batch_size=12, epochs=1, learning_rate=0.5, device="cpu", seed=0)  # q = 1
+    train_locally(plain, data, dp=None, **kwargs)
+    result = train_locally(
+        private, data, dp=DpSgdSettings(0.0, 1e6), grad_sample_mode=mode, **kwargs
+    )
+    assert result.num_steps == 1 and math.isfinite(result.loss)
+    before = trainable_state(
+        load_text_classifier(str(tiny_bert), 5, lora=None, device="cpu", task="tokens")[0]
+    )
+    after_plain, after_private = trainable_state(plain), trainable_state(private)
+    assert _changed(before, after_plain) == set(before)  # every parameter moved
+    for key, value in after_plain.items():
+        np.testing.assert_allclose(after_private[key], value, atol=1e-5, rtol=0, err_msg=key)
+
+
+def test_ghost_clipping_equals_per_example_clipping_for_tokens(tiny_bert):
+    models = [
+        load_text_classifier(str(tiny_bert), 5, lora=LoraSettings(r=4), device="cpu", task="tokens")
+        for _ in range(2)
+    ]
+    data = _tagged(models[0][1], 16)
+    for (model, _), mode in zip(models, ["hooks", "ghost"], strict=True):
+        train_locally(
+            model,
+            data,
+            batch_size=8,
+            epochs=1,
+            learning_rate=0.5,
+            dp=DpSgdSettings(1.0, 0.05),  # clipping active
+            device="cpu",
+            seed=3,
+            grad_sample_mode=mode,
+        )
+    a, b = trainable_state(models[0][0]), trainable_state(models[1][0])
+    for key, value in a.items():
+        np.testing.assert_allclose(b[key], value, atol=1e-5, rtol=0, err_msg=key)

@@ -431,3 +431,43 @@ def test_an_unknown_aggregation_is_named():
 
     with pytest.raises(ValueError, match="aggregation must be one of"):
         make_strategy("mean-of-friends")
+
+
+def test_entity_counts_are_summed_and_federated_f1_computed_from_the_sums():
+    # Site A: person TP 3, FP 1, FN 0; site B: person TP 1, FP 0, FN 3, geo-loc FN 2.
+    counts = [
+        {"person": (3, 1, 0), "geo-loc": (0, 0, 0)},
+        {"person": (1, 0, 3), "geo-loc": (0, 0, 2)},
+    ]
+    replies = []
+    for node, pid, n, c in ((11, 0, 10, counts[0]), (12, 1, 30, counts[1])):
+        msg = evaluated(node, n, pid, 0.5, 0.9)
+        for kind, (tp, fp, fn) in c.items():
+            for name, value in (("tp", tp), ("fp", fp), ("fn", fn)):
+                msg.content[METRICS][f"eval-entity-{name}/{kind}"] = value
+        replies.append(msg)
+    s = strategy()
+    s.aggregate_evaluate(1, replies)
+    fed = s.rounds[1].federated_eval
+    # summed: person (4, 1, 3) -> P 0.8, R 4/7, F1 2/3; geo-loc (0, 0, 2) -> F1 0
+    # micro: TP 4, FP 1, FN 5 -> P 0.8, R 4/9, F1 2PR/(P+R) = 8/14
+    assert fed["eval-entity-precision"] == pytest.approx(0.8)
+    assert fed["eval-entity-recall"] == pytest.approx(4 / 9)
+    assert fed["eval-entity-f1"] == pytest.approx(8 / 14)
+    assert fed["eval-entity-f1/person"] == pytest.approx(2 / 3)
+    assert fed["eval-entity-macro-f1"] == pytest.approx(1 / 3)
+    assert not any(k.startswith(("eval-entity-tp", "eval-entity-fn")) for k in fed)
+    assert s.rounds[1].sites["Hungary"]["eval-entity-fn/geo-loc"] == 2  # per site: its counts
+
+    # the same counts inside train replies (evaluate-with-train) give the same scores
+    t = strategy(min_train_nodes=1)
+    inside = []
+    for node, pid, c in ((11, 0, counts[0]), (12, 1, counts[1])):
+        extra = {"eval-examples": 10, "eval-loss": 0.5, "eval-accuracy": 0.9}
+        for kind, (tp, fp, fn) in c.items():
+            extra |= {f"eval-entity-tp/{kind}": tp, f"eval-entity-fp/{kind}": fp}
+            extra |= {f"eval-entity-fn/{kind}": fn}
+        inside.append(trained(node, 10, pid, w([1.0, 2.0], [[1.0, 0.0]]), **extra))
+    t.aggregate_train(2, inside)
+    assert t.rounds[1].federated_eval["eval-entity-f1"] == pytest.approx(8 / 14)
+    assert not any(k.startswith("eval-entity") for k in t.rounds[2].sites["Hungary"])

@@ -94,3 +94,23 @@ def test_unknown_dataset_lists_the_known_names():
     with pytest.raises(ValueError, match="known datasets: heart-disease, rotten-tomatoes"):
         load_dataset("mnist")
     assert {"heart-disease", "rotten-tomatoes", "breast-cancer"} <= set(DATASETS)
+
+
+def test_wnut16_ner_has_2394_tagged_tweets_split_by_holding_an_entity():
+    from common.data.partition import partition
+    from common.data.split import split_train_validation
+
+    train, test = load_dataset("wnut16-ner")
+    assert (len(train), len(test)) == (1915, 479)
+    assert train.kind == "tokens" and train.num_classes == 21 and train.class_names[0] == "O"
+    everything = train.tags + test.tags
+    assert sum(len(t) for t in everything) == 46_469
+    tags = np.concatenate(everything)
+    assert int((tags == train.class_names.index("B-person")).sum()) == 449
+    assert int((tags == train.class_names.index("I-other")).sum()) == 320
+    # 918 tweets hold an entity; the split keeps their share (stratified)
+    assert (int(train.labels.sum()), int(test.labels.sum())) == (734, 184)
+    assert train.tokens[0] and len(train.tokens[0]) == len(train.tags[0])
+    site = partition(train, num_partitions=4, partition_id=1, scheme="dirichlet", alpha=0.5)
+    fit, validation = split_train_validation(site, 0.2, seed=0)
+    assert len(fit) + len(validation) == len(site) and validation.kind == "tokens"

@@ -163,3 +163,22 @@ def test_columns_that_are_not_label_or_features_are_kept_for_group_counts(tmp_pa
     data = load_site_file(path, label_column="label", feature_columns=["age", "chol"])
     assert list(data.columns) == ["sex"] and list(data.columns["sex"]) == ["Male", "Female"]
     assert data.feature_names == ["age", "chol"]  # sex never reaches the model
+
+
+def test_token_tagged_round_trip_and_errors(tmp_path):
+    from common.data.conll import bio_tags, tagged_data
+
+    tags = bio_tags(["person"])
+    data = tagged_data([["Ann", "Lee", "said"], ["ok"]], [np.array([1, 2, 0]), np.array([0])], tags)
+    path = tmp_path / "site.conll"
+    write_site_file(data, path)
+    assert path.read_text() == "Ann\tB-person\nLee\tI-person\nsaid\tO\n\nok\tO\n\n"
+    back = load_site_file(path, label_column="label", class_names=tags)
+    assert back.kind == "tokens" and back.tokens == data.tokens
+    assert [t.tolist() for t in back.tags] == [[1, 2, 0], [0]]
+    with pytest.raises(DataError, match="needs the tag set"):
+        load_site_file(path, label_column="label")
+    with pytest.raises(DataError, match="unknown tag 'B-person'"):
+        load_site_file(path, label_column="label", class_names=bio_tags(["place"]))
+    with pytest.raises(DataError, match="use the suffix .conll"):
+        write_site_file(data, tmp_path / "site.csv")

@@ -90,3 +90,34 @@ def test_identity_pooler_is_fixed_and_does_not_travel(tiny_bert):
     assert not any("pooler" in k for k in trainable_state(model))
     with pytest.raises(ValueError, match="pooler_init"):
         load_text_classifier(str(tiny_bert), 2, lora=None, device="cpu", pooler_init="zero")
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+@pytest.mark.parametrize("lora", [None, LoraSettings(r=4)])
+def test_token_classifier_reloads_with_the_same_predictions(tiny_bert, tmp_path, lora):
+    from transformers import AutoModelForTokenClassification
+
+    from common.models.tokens import encode_tagged_words
+
+    tags = ["O", "B-person", "I-person"]
+    model, tokenizer = load_text_classifier(
+        str(tiny_bert), 3, lora=lora, device="cpu", task="tokens", label_names=tags
+    )
+    _perturbed(model)
+    save_model(model, tmp_path, tokenizer)
+    sentences = [["the", "patient", "was", "fine"], ["i", "love", "heart"]]
+    dataset = encode_tagged_words(tokenizer, sentences, [np.zeros(4, int), np.zeros(3, int)], 16)
+    expected = _logits(model, dataset)
+    assert expected.shape[-1] == 3
+    plain = tmp_path / "merged" if lora else tmp_path
+    reloaded = AutoModelForTokenClassification.from_pretrained(plain)
+    assert reloaded.config.id2label == dict(enumerate(tags))
+    logits = _logits(TextClassifier(reloaded), dataset)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert torch.equal(logits.argmax(-1), expected.argmax(-1))  # the same tags predicted
+    if not lora:
+        assert torch.equal(logits, expected)
+    else:
+        base = AutoModelForTokenClassification.from_pretrained(tiny_bert, num_labels=3)
+        adapter = TextClassifier(PeftModel.from_pretrained(base, tmp_path))
+        assert torch.allclose(_logits(adapter, dataset), expected, atol=1e-6)

@@ -92,3 +92,21 @@ def test_a_removed_or_duplicated_record_changes_the_fingerprint(make):
     key = dataset_fingerprint(data)
     assert dataset_fingerprint(data.subset(np.arange(1, len(data)))) != key
     assert dataset_fingerprint(data.subset(np.r_[np.arange(len(data)), 0])) != key
+
+
+def test_tagged_sentences_fingerprint_covers_words_and_tags():
+    from common.data.conll import bio_tags, tagged_data
+
+    tags = bio_tags(["person"])
+    words = [["Ann", "said"], ["ok"], ["Bo"]]
+    data = tagged_data(words, [np.array([1, 0]), np.array([0]), np.array([1])], tags)
+    same = data.subset(np.array([2, 0, 1]))
+    # same words, same sentence strata (labels), one tag changed: B-person -> I-person
+    other_tag = tagged_data(words, [np.array([2, 0]), np.array([0]), np.array([1])], tags)
+    assert other_tag.labels.tolist() == data.labels.tolist()
+    other_word = tagged_data(
+        [["Ann", "says"], ["ok"], ["Bo"]], [np.array([1, 0]), np.array([0]), np.array([1])], tags
+    )
+    assert dataset_fingerprint(data) == dataset_fingerprint(same)
+    assert dataset_fingerprint(data) != dataset_fingerprint(other_tag)
+    assert dataset_fingerprint(data) != dataset_fingerprint(other_word)
