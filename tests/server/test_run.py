@@ -83,3 +83,17 @@ def test_a_checkpoint_from_before_a_new_key_resumes_when_the_key_keeps_its_defau
     _check_same_run(older, RunSettings())
     with pytest.raises(CheckpointError, match="audit"):
         _check_same_run(older, RunSettings(audit=True))
+
+
+def test_an_ner_run_refuses_the_audit_and_group_counts_before_anything_trains(tmp_path):
+    import pytest
+
+    from common.config import ConfigError, RunSettings
+    from server.run import FederatedRun
+
+    for extra in ({"audit": True}, {"sensitive_column": "sex"}):
+        settings = RunSettings(
+            dataset="wnut16-ner", model="text", results_dir=str(tmp_path), **extra
+        )
+        with pytest.raises(ConfigError, match="token-tagged"):
+            FederatedRun(settings, "ner", run_id=1)
