@@ -182,6 +182,7 @@ def load_text_classifier(
                 hf_logging.set_verbosity(verbosity)
         except (OSError, ValueError) as err:
             raise _unloadable(name_or_path, f"{type(err).__name__}: {err}") from err
+        check_tokenizer_fits(tokenizer, model, name_or_path)
         if task == "tokens" and not tokenizer.is_fast:
             raise ValueError(
                 f"token classification needs a fast tokenizer (word_ids() aligns tags to "
@@ -214,6 +215,26 @@ def load_text_classifier(
 
 
 POOLER_INITS = ("pretrained", "identity")
+
+
+def check_tokenizer_fits(
+    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, name_or_path: str
+) -> None:
+    """A tokenizer whose ids exceed the model's embedding table (a tokenizer from another
+    checkpoint) would fail, or silently misread text, at the first batch: refuse it now."""
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise ValueError(
+            f"tokenizer/model mismatch in {name_or_path!r}: the tokenizer has {len(tokenizer)} "
+            f"tokens but the model's embedding table has {vocab} rows; use the tokenizer saved "
+            "with this model"
+        )
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and tokenizer.model_max_length < 10**9 and tokenizer.model_max_length > positions:
+        raise ValueError(
+            f"tokenizer/model mismatch in {name_or_path!r}: the tokenizer allows "
+            f"{tokenizer.model_max_length} tokens but the model has {positions} positions"
+        )
 
 
 def _pooler_dense(model: nn.Module) -> nn.Linear:

@@ -69,3 +69,17 @@ def test_encode_texts_rejects_empty_texts(tiny_bert):
     _, tokenizer = load_text_classifier(str(tiny_bert), 2, lora=None, device="cpu")
     with pytest.raises(ValueError, match="2 of 4 texts are empty"):
         encode_texts(tokenizer, ["good", "", "  ", "bad"], [0, 1, 0, 1], max_length=8)
+
+
+def test_a_tokenizer_from_another_model_is_refused(tiny_bert, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_bert, mixed)
+    tokenizer = AutoTokenizer.from_pretrained(mixed)
+    tokenizer.add_tokens([f"newword{i}" for i in range(5)])  # ids past the embedding table
+    tokenizer.save_pretrained(mixed)
+    with pytest.raises(ValueError, match=r"tokenizer/model mismatch.*tokens but the model"):
+        load_text_classifier(str(mixed), 2, lora=None, device="cpu")
