@@ -134,7 +134,9 @@ def test_unregistered_and_plaintext_supernodes_are_refused(federation: LocalFede
         federation.supernodes.pop(node.name)
     assert "Failed to activate SuperNode" in attempts["unregistered"].log()
     assert "requires a secure TLS connection" in attempts["plaintext-with-key"].log()
-    assert "Server disconnected" in attempts["plaintext"].log()
+    # gRPC words a plaintext client against a TLS server either way, depending on timing
+    plaintext = attempts["plaintext"].log()
+    assert "Server disconnected" in plaintext or "Connection attempt failed" in plaintext
     assert federation.online_nodes() == len(SITES)
 
 
