@@ -7,7 +7,8 @@ query/value), expected batch B in {16, 64} and sequence length L in {64, 128} (t
 rotten-tomatoes padded to L). Each case runs non-DP, DP-SGD with per-example gradients
 ("hooks") and DP-SGD with ghost clipping ("ghost"), each in a fresh process, through
 ``client.training.train_locally`` (sigma = 1, C = 1, Poisson q = 1/10). Step time =
-(CPU time of warm-up + k steps - CPU time of the warm-up step alone) / k, with one torch thread:
+(CPU time of warm-up + k steps - CPU time of the warm-up step alone) x B / (examples those k
+steps ran: Poisson batches vary around B), with one torch thread:
 the machine is shared, and CPU time of a single-threaded process does not grow when other
 processes compete for the cores as wall time does (wall time is reported too). Peak memory =
 the process's peak resident set (polled every 2 ms) while training, and the growth over the
@@ -122,8 +123,11 @@ def measure(case: Case, steps: int) -> dict[str, float]:
     dp = None if case.mode == "non-dp" else DpSgdSettings(1.0, 1.0)
     mode = "hooks" if case.mode == "non-dp" else case.mode
 
-    def run(k: int) -> tuple[float, float]:
-        cpu = time.process_time()
+    seen = [0]  # examples through the model: Poisson batches vary around B
+    model.register_forward_pre_hook(lambda _, inputs: seen.__setitem__(0, seen[0] + len(inputs[0])))
+
+    def run(k: int) -> tuple[float, float, int]:
+        cpu, before = time.process_time(), seen[0]
         wall = train_locally(
             model,
             data,
@@ -136,18 +140,19 @@ def measure(case: Case, steps: int) -> dict[str, float]:
             grad_sample_mode=mode,
             max_steps=k,
         ).seconds
-        return time.process_time() - cpu, wall
+        return time.process_time() - cpu, wall, seen[0] - before
 
     import psutil
 
     loaded = psutil.Process().memory_info().rss
-    warm, warm_wall = run(1)
+    warm, warm_wall, warm_seen = run(1)
     with PeakRss() as peak:
-        total, total_wall = run(1 + steps)
+        total, total_wall, total_seen = run(1 + steps)
+    per_batch = case.batch / (total_seen - warm_seen)  # time of k steps -> of one batch of B
     mib = 2**20
     return {
-        "step_s": (total - warm) / steps,
-        "wall_step_s": (total_wall - warm_wall) / steps,
+        "step_s": (total - warm) * per_batch,
+        "wall_step_s": (total_wall - warm_wall) * per_batch,
         "peak_mib": peak.peak / mib,
         "growth_mib": (peak.peak - loaded) / mib,
     }
