@@ -113,6 +113,8 @@ def epsilon_per_round(rounds: Rounds, summary: Summary) -> Figure | None:
         ),
     )
     ax.title.set_fontsize(9)
+    # spend against budget: an axis from 0 shows how much is left; headroom shows the budget
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.08)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
