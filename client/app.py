@@ -1,27 +1,20 @@
-"""fedpriv ClientApp: a site's train and evaluate handlers (glue; the work is in plain functions).
+"""fedpriv ClientApp: glue between Flower and the site (``client.site.SiteService``).
 
-Privacy decision for a round (policy + ledger + enforcement): ``client.privacy_round`` and
-``common.privacy.ledger``; DP-SGD itself: ``client.training``.
+Simulation: the site runs in-process (one SiteService per simulated site and worker).
+Deployment: the ClientApp is code the coordinator ships, so it is only a shim that forwards the
+message to the site service the operator runs (node config ``site-service``); the privacy
+decision, DP-SGD and every computation on records happen in the service.
 """
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from functools import lru_cache
+
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client.client_dp import client_clipping_mod
-from client.evaluation import eval_metrics, evaluate
-from client.local_round import run_train_round, site_model
 from client.secure_aggregation import secure_aggregation_mod
-from client.site_context import site_from_context
-from common.protocol import (
-    ARRAYS,
-    CONFIG,
-    DECISION,
-    METRICS,
-    from_array_record,
-    to_array_record,
-)
 
 # mods: SecAgg+ when the round runs it, client-side clipping when client-dp = client-*
 app = ClientApp(mods=[secure_aggregation_mod, client_clipping_mod])
@@ -29,35 +22,42 @@ app = ClientApp(mods=[secure_aggregation_mod, client_clipping_mod])
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Apply the site's policy to the request, check the budget, train with DP-SGD, record the
-    spend, reply arrays + metrics + the site's decision (or a refusal with its reason)."""
-    site = site_from_context(context)
-    config = dict(msg.content[CONFIG]) if CONFIG in msg.content else {}
-    reply = run_train_round(site, from_array_record(msg.content[ARRAYS]), config)
-    content = RecordDict(
-        {METRICS: MetricRecord(reply.metrics), DECISION: ConfigRecord(reply.decision)}
-    )
-    if reply.arrays is not None:
-        content[ARRAYS] = to_array_record(reply.arrays)
-    return Message(content=content, reply_to=msg)
+    """Forward a train message to the site; reply what it answers."""
+    return _answer("train", msg, context)
 
 
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
-    """Evaluate the global model on the site's local validation split (aggregate metrics only)."""
-    site = site_from_context(context)
-    config = dict(msg.content[CONFIG]) if CONFIG in msg.content else {}
-    if config.get("final-evaluation"):  # after the last round: group counts, optional audit
-        from client.final_evaluation import final_evaluation  # scipy/sklearn: only here
+    """Forward an evaluate message to the site; reply what it answers."""
+    return _answer("evaluate", msg, context)
 
-        metrics = final_evaluation(
-            site, from_array_record(msg.content[ARRAYS]), audit=bool(config.get("audit"))
+
+def _answer(message_type: str, msg: Message, context: Context) -> Message:
+    node_config = dict(context.node_config)
+    if "partition-id" in node_config:  # simulation: the same site code, in-process
+        service = _simulated_site(
+            int(node_config["partition-id"]),
+            int(node_config.get("num-partitions", 1)),
+            str(context.run_config.get("sites-file", "")),
         )
-        return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
-    model, dataset, _ = site_model(site, from_array_record(msg.content[ARRAYS]), "validation")
-    result = evaluate(model, dataset, device=site.device, tag_names=site.data.train.class_names)
-    metrics = eval_metrics(result) | {
-        "num-examples": result.num_examples,
-        "partition-id": site.partition_id,
-    }
-    return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+    else:
+        service = _deployed_site(tuple(sorted((k, str(v)) for k, v in node_config.items())))
+    content = service.handle(message_type, msg.content, dict(context.run_config), context.run_id)
+    return Message(content=content, reply_to=msg)
+
+
+@lru_cache(maxsize=64)
+def _simulated_site(partition_id: int, num_partitions: int, sites_file: str):  # noqa: ANN202
+    from client.site import SiteService
+    from client.site_context import simulated_policy
+
+    policy = simulated_policy({"sites-file": sites_file}, partition_id)
+    return SiteService(policy, partition_id=partition_id, num_partitions=num_partitions)
+
+
+@lru_cache(maxsize=4)
+def _deployed_site(node_config: tuple[tuple[str, str], ...]):  # noqa: ANN202
+    from client.site import SiteService
+    from common.config import SiteSettings
+
+    return SiteService(SiteSettings.from_mapping(dict(node_config), "node config"))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import Context
@@ -36,16 +38,32 @@ class Site:
 
 
 def site_from_context(context: Context) -> Site:
-    """Resolve settings, site policy and data from ``context`` (cached per process)."""
-    settings = RunSettings.from_run_config(context.run_config)
+    """Resolve settings, site policy and data from a simulation ``context`` (cached per
+    process)."""
     node_config = dict(context.node_config)
     partition_id = int(node_config.pop("partition-id", -1))
     num_partitions = int(node_config.pop("num-partitions", 1))
-    if partition_id >= 0:  # simulation: the sites file speaks for the site
-        sites = _sites(settings.sites_file) if settings.sites_file else {}
-        policy = sites.get(partition_id, SIMULATED_SITE)
-    else:
-        policy = SiteSettings.from_mapping(node_config, "node config")
+    policy = simulated_policy(context.run_config, partition_id)
+    return build_site(context.run_config, policy, partition_id, num_partitions, context.run_id)
+
+
+def simulated_policy(run_config: Mapping[str, Any], partition_id: int) -> SiteSettings:
+    """A simulated site's own settings: its [site.N] table in the sites file, if any."""
+    settings = RunSettings.from_run_config(run_config)
+    sites = _sites(settings.sites_file) if settings.sites_file else {}
+    return sites.get(partition_id, SIMULATED_SITE)
+
+
+def build_site(
+    run_config: Mapping[str, Any],
+    policy: SiteSettings,
+    partition_id: int,
+    num_partitions: int,
+    run_id: int,
+) -> Site:
+    """The site for one run: the run's (checked) settings, the site's own policy and data."""
+    settings = RunSettings.from_run_config(run_config)
+    if partition_id < 0:
         _check_deployed_policy(policy)
     data = load_site_data(settings, policy, max(partition_id, 0), num_partitions)
     return Site(
@@ -54,7 +72,7 @@ def site_from_context(context: Context) -> Site:
         partition_id=partition_id,
         num_partitions=num_partitions,
         data=data,
-        ledger_path=_ledger_path(settings, policy, partition_id, context.run_id, data.name),
+        ledger_path=_ledger_path(settings, policy, partition_id, run_id, data.name),
         device=pick_device(),
     )
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from flwr.app import Context, RecordDict
 
-from client.site_context import site_from_context
-from common.config import SIMULATED_SITE, ConfigError
+from client.site_context import build_site, site_from_context
+from common.config import SIMULATED_SITE, ConfigError, SiteSettings
 from common.data.registry import load_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +38,12 @@ def site_csv(tmp_path: Path) -> Path:
     return path
 
 
+def deployed(node_config: dict, **run: object):
+    """A deployed site: its service's own settings (what the operator's policy file says)."""
+    policy = SiteSettings.from_mapping(node_config, "node config")
+    return build_site({**DEFAULTS, **run}, policy, -1, 1, 5)
+
+
 def test_a_simulated_site_without_a_table_is_the_researchers(tmp_path):
     site = site_from_context(context({"partition-id": 2, "num-partitions": 4}))
     assert site.policy == SIMULATED_SITE and site.policy.allow_non_private
@@ -48,9 +54,7 @@ def test_a_deployed_site_reads_its_policy_file(tmp_path, site_csv, monkeypatch):
     monkeypatch.setenv("FEDPRIV_HOME", str(tmp_path / "home"))
     policy = tmp_path / "policy.toml"
     policy.write_text('name = "St Elsewhere"\nepsilon-budget = 6.0\nmin-noise-multiplier = 0.9\n')
-    site = site_from_context(
-        context({"data-file": str(site_csv), "policy-file": str(policy)}, **{"run-name": "d"})
-    )
+    site = deployed({"data-file": str(site_csv), "policy-file": str(policy)}, **{"run-name": "d"})
     assert (site.policy.epsilon_budget, site.policy.min_noise_multiplier) == (6.0, 0.9)
     assert not site.policy.allow_non_private
     assert site.data.name == "St Elsewhere" and site.partition_id == -1
@@ -59,14 +63,14 @@ def test_a_deployed_site_reads_its_policy_file(tmp_path, site_csv, monkeypatch):
 
 def test_a_deployed_site_must_set_its_own_budget(site_csv):
     with pytest.raises(ConfigError, match="no privacy budget: set epsilon-budget"):
-        site_from_context(context({"data-file": str(site_csv)}))
+        deployed({"data-file": str(site_csv)})
 
 
 def test_a_deployed_site_must_name_its_data():
     with pytest.raises(ConfigError, match="has no data"):
-        site_from_context(context({"epsilon-budget": 3.0}))
+        deployed({"epsilon-budget": 3.0})
 
 
 def test_a_bad_node_config_is_named(site_csv):
     with pytest.raises(ConfigError, match="node config: unknown keys"):
-        site_from_context(context({"data-file": str(site_csv), "budget": 3.0}))
+        deployed({"data-file": str(site_csv), "budget": 3.0})
