@@ -26,11 +26,14 @@ import numpy as np
 from scipy.stats import beta
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from common.releases import AUDIT_ATTACKS as ATTACKS
+from common.releases import AUDIT_FIGURES as FIGURES
+from common.releases import AUDIT_SETUP as SETUP
+
+__all__ = ["ATTACKS", "FIGURES", "SETUP", "audit_from_losses", "clopper_pearson"]
 CONFIDENCE = 0.95  # 1 - alpha
 LOW_FPRS = {"1%": 0.01, "0.1%": 0.001}
-ATTACKS = ("loss", "calibrated")
-FIGURES = ("auc", *(f"tpr-at-{name}-fpr" for name in LOW_FPRS), "epsilon-lower-bound")
-SETUP = ("members", "non-members", "delta", "confidence")  # audit-<key> metrics besides figures
+assert tuple(LOW_FPRS) == ("1%", "0.1%")  # the inventory's figure names
 
 
 def clopper_pearson(successes: np.ndarray, trials: int, level: float) -> tuple:

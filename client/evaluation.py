@@ -115,3 +115,65 @@ def per_example(
         losses.append(nn.functional.cross_entropy(logits, labels, reduction="none").cpu())
         predictions.append(logits.argmax(dim=-1).cpu())
     return torch.cat(losses).numpy(), torch.cat(predictions).numpy()
+
+
+@dataclass(frozen=True)
+class RecordOutcomes:
+    """What a model did on each record (these stay at the site): ``losses`` [n] (per-record
+    cross-entropy; a sentence's mean over its scored words), ``correct`` [n] (1/0; a sentence's
+    share of correctly tagged words), ``predictions`` [n] (classification only) and, for a token
+    classifier, each sentence's own entity counts."""
+
+    losses: np.ndarray
+    correct: np.ndarray
+    predictions: np.ndarray | None = None
+    entities: list[Counts] | None = None
+
+
+@torch.no_grad()
+def record_outcomes(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: torch.device | str,
+    tag_names: Sequence[str] | None = None,
+    batch_size: int = 64,
+) -> RecordOutcomes:
+    """Per-record losses and correctness of ``model`` on tuples ``(*inputs, label)`` (labels
+    [n] for a classifier, [n, T] with -100 where not scored for a token classifier)."""
+    if len(dataset) == 0:
+        raise ValueError("cannot evaluate on an empty dataset")
+    model.to(device)
+    model.eval()
+    token_level = dataset[0][-1].dim() > 0
+    if token_level and tag_names is None:
+        raise ValueError("evaluating a token classifier needs the tag names")
+    token_loss = TokenCrossEntropy(reduction="none")
+    losses, correct, predictions = [], [], []
+    entities: list[Counts] = []
+    types = entity_types(tag_names) if token_level and tag_names is not None else []
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        *inputs, labels = (t.to(device) for t in batch)
+        logits = model(*inputs)
+        if not token_level:
+            losses.append(nn.functional.cross_entropy(logits, labels, reduction="none").cpu())
+            guess = logits.argmax(dim=-1)
+            correct.append((guess == labels).float().cpu())
+            predictions.append(guess.cpu())
+            continue
+        losses.append(token_loss(logits, labels).cpu())
+        guess = logits.argmax(dim=-1)
+        mask = labels != IGNORE_INDEX
+        hits = ((guess == labels) & mask).sum(dim=1).float()
+        correct.append((hits / mask.sum(dim=1).clamp(min=1)).cpu())
+        assert tag_names is not None
+        for row_labels, row_guess, row_mask in zip(labels, guess, mask, strict=True):
+            gold = [tag_names[i] for i in row_labels[row_mask].tolist()]
+            pred = [tag_names[i] for i in row_guess[row_mask].tolist()]
+            entities.append(entity_counts([gold], [pred], types))
+    return RecordOutcomes(
+        losses=torch.cat(losses).numpy(),
+        correct=torch.cat(correct).numpy(),
+        predictions=None if token_level else torch.cat(predictions).numpy(),
+        entities=entities if token_level else None,
+    )

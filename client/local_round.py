@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -14,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from client.evaluation import eval_metrics, evaluate
-from client.policy import Clamp, RoundRefused, check_non_private
+from client.evaluation import record_outcomes
+from client.policy import Clamp, RoundRefused, check_non_private, check_round_cap
 from client.privacy_round import authorize_round, site_delta
 from client.request import RequestError, TrainRequest
 from client.site_context import Site
@@ -24,14 +25,21 @@ from client.training import DpSgdSettings, TrainResult, sample_rate, steps_per_e
 from common.config import RunSettings
 from common.data.types import LabeledData
 from common.models.weights import load_trainable_state, trainable_state
-from common.privacy.fingerprint import dataset_fingerprint
 from common.privacy.ledger import PrivacyLedger
-from common.protocol import INVALID_REQUEST, STATUS_NAMES, TRAIN_METRIC_KEYS, TRAINED
+from common.protocol import (
+    INVALID_REQUEST,
+    REPLAYED,
+    ROUND_LIMIT,
+    STATUS_NAMES,
+    TRAIN_METRIC_KEYS,
+    TRAINED,
+)
 from common.task import build_model, check_model_fits, to_tensors
 
 log = logging.getLogger("fedpriv.client")
 
 Metrics = dict[str, float | int]
+DAY = 86_400.0
 
 
 def site_model(
@@ -63,11 +71,6 @@ def _tensors(records: LabeledData, tokenizer: object, max_length: int) -> tuple[
     return to_tensors(records, tokenizer, max_length)  # type: ignore[arg-type]
 
 
-@lru_cache(maxsize=8)
-def _fingerprint(records: LabeledData) -> str:
-    return dataset_fingerprint(records)
-
-
 @dataclass(frozen=True)
 class RoundReply:
     """What a site sends back: arrays (None when it trained nothing), scalar metrics, and its
@@ -82,7 +85,9 @@ def run_train_round(
     site: Site, weights: dict[str, np.ndarray], config: Mapping[str, Any]
 ) -> RoundReply:
     """Read the server's request, apply the site's policy, train one round if allowed. The
-    run's plan and rounds are kept in the ledger under the request's run key."""
+    run's plan and rounds are kept in the ledger under the request's run key; caps count the
+    site's own recorded releases (per run key, per asking Flower run, per day), and a (run,
+    round) already released is never trained again."""
     n = len(site.data.train)
     base: Metrics = {"partition-id": site.partition_id}
     try:
@@ -93,37 +98,38 @@ def run_train_round(
         state = _ledger_state(site, None, n, site.settings.target_epsilon)
         return _refusal(site, base | state, INVALID_REQUEST, reason)
     run_id = request.run_key
-    if request.evaluate_received:  # aggregate statistics of held-out records, as in evaluate
-        base |= evaluate_received(site, weights)
+    if request.evaluate_received:  # a DP answer about held-out records, as in evaluate
+        base |= evaluate_received(site, weights, run_id, request.server_round)
     q = sample_rate(n, request.batch_size)
     steps = request.local_steps or steps_per_epoch(n, request.batch_size) * request.local_epochs
-    base |= {"sample-rate": q, "dp": int(request.dp)}
+    base |= {"sample-rate": q if site.policy.release_record_count else 0.0, "dp": int(request.dp)}
     try:
         check_non_private(request, site.policy)
+        with PrivacyLedger(site.ledger_path) as ledger:
+            check_caps(ledger, site, run_id, request.server_round)
     except RoundRefused as refusal:
+        log.warning("site %s round %s: %s", site.data.name, request.server_round, refusal)
         state = _ledger_state(site, run_id, n, request.target_epsilon)
         return _refusal(site, base | state, refusal.status, str(refusal))
     model, tensors, truncated = site_model(site, weights, "train")
-    base["truncated-texts"] = truncated
-    if hasattr(tensors, "words_cut"):  # token classification: words beyond max-length
-        base["truncated-words"] = tensors.words_cut
+    if truncated:  # a statistic of the training texts: logged here, never sent
+        log.info("site %s: %d training texts longer than max-length", site.data.name, truncated)
+    key = site.data.train_key
     if not request.dp:  # the policy allows it; the ledger learns the data lost its DP bound
         result = _train(site, request, model, tensors, None)
         with PrivacyLedger(site.ledger_path) as ledger:
-            fingerprint = _fingerprint(site.data.train)
-            ledger.register_dataset(fingerprint, site.data.name, n)
-            ledger.record_non_private(fingerprint, run_id, request.server_round)
+            ledger.register_dataset(key, site.data.name, n)
+            ledger.record_non_private(key, run_id, request.server_round)
         budget = site.policy.epsilon_budget or request.target_epsilon
-        metrics = _metrics(base, result, (math.inf, budget, 0.0), rounds_trained=0)
+        metrics = _metrics(site, base, result, (math.inf, budget, 0.0), rounds_trained=0)
         return RoundReply(trainable_state(model), metrics, _decision(site, TRAINED, "", ()))
 
-    fingerprint = _fingerprint(site.data.train)
     with PrivacyLedger(site.ledger_path) as ledger:
-        ledger.register_dataset(fingerprint, site.data.name, n)
+        ledger.register_dataset(key, site.data.name, n)
         try:
             grant = authorize_round(
                 ledger,
-                fingerprint,
+                key,
                 run_id,
                 request.server_round,
                 request,
@@ -133,6 +139,8 @@ def run_train_round(
                 num_records=n,
                 sample_rate=q,
                 steps=steps,
+                since=site.data.train_since,
+                session=site.session,
             )
         except RoundRefused as refusal:
             log.warning("site %s round %s: %s", site.data.name, request.server_round, refusal)
@@ -145,8 +153,10 @@ def run_train_round(
             ledger.cancel(grant.row_id)  # nothing left the site: the reservation is void
             raise
         ledger.mark_released(grant.row_id, result.num_steps)  # recorded before the update leaves
-        spent = ledger.epsilon_spent(fingerprint, grant.delta, grant.plan.accountant)
-        rounds_trained = ledger.rounds_recorded(fingerprint, run_id)
+        spent = ledger.epsilon_spent(
+            key, grant.delta, grant.plan.accountant, since=site.data.train_since
+        )
+        rounds_trained = ledger.rounds_recorded(key, run_id)
     for clamp in grant.clamps:
         log.info("site %s round %s: clamped %s", site.data.name, request.server_round, clamp)
     log.info(
@@ -166,18 +176,54 @@ def run_train_round(
         result.seconds,
     )
     metrics = _metrics(
-        base, result, (spent, grant.epsilon_budget, grant.delta), rounds_trained=rounds_trained
+        site, base, result, (spent, grant.epsilon_budget, grant.delta), rounds_trained
     )
     return RoundReply(trainable_state(model), metrics, _decision(site, TRAINED, "", grant.clamps))
 
 
-def evaluate_received(site: Site, weights: dict[str, np.ndarray]) -> Metrics:
-    """Loss and accuracy of the received global model on the site's validation records (and,
-    for a token classifier, its entity counts)."""
+def check_caps(ledger: PrivacyLedger, site: Site, run_id: str, server_round: int) -> None:
+    """Refuse a replayed (run, round) and rounds past the site's caps, counted from its own
+    ledger: per run key (max-rounds-per-run), per asking Flower run (the same cap: new run keys
+    in one Flower run do not reset it) and per 24 hours of the site's clock (max-rounds-per-day).
+    """
+    key = site.data.train_key
+    if ledger.round_released(key, run_id, server_round):
+        raise RoundRefused(
+            REPLAYED,
+            f"replay refused: round {server_round} of run {run_id!r} was already trained and "
+            "released by this site; a round is released once",
+        )
+    check_round_cap(ledger.rounds_recorded(key, run_id), site.policy)
+    check_round_cap(ledger.sessions_rounds(site.session), site.policy)
+    cap = site.policy.max_rounds_per_day
+    if cap:
+        recent = ledger.releases_since(time.time() - DAY)
+        if recent >= cap:
+            raise RoundRefused(
+                ROUND_LIMIT,
+                f"round limit: this site trains at most {cap} round(s) a day and has trained "
+                f"{recent} in the last 24 h",
+            )
+
+
+def evaluate_received(
+    site: Site, weights: dict[str, np.ndarray], run_key: str, server_round: int
+) -> Metrics:
+    """The site's (DP) answer about the received global model on its validation records, as
+    the ``eval-*`` metrics of a train reply; a refused answer has eval-examples 0."""
+    from client.evaluation_release import EvaluationRefused, release_evaluation
+
     model, dataset, _ = site_model(site, weights, "validation")
-    tags = site.data.validation.class_names
-    result = evaluate(model, dataset, device=site.device, tag_names=tags)
-    return {"eval-examples": result.num_examples} | eval_metrics(result)
+    outcomes = record_outcomes(
+        model, dataset, device=site.device, tag_names=site.data.validation.class_names
+    )
+    try:
+        metrics = release_evaluation(site, outcomes, run_key=run_key, server_round=server_round)
+    except EvaluationRefused as refusal:
+        log.warning("site %s: %s", site.data.name, refusal)
+        return {"eval-examples": 0, "eval-status": refusal.status}
+    metrics.pop("num-examples")
+    return {"eval-status": metrics.pop("status")} | metrics
 
 
 def _ledger_state(
@@ -189,18 +235,18 @@ def _ledger_state(
 ) -> Metrics:
     """The site's privacy state for a refusal: epsilon spent, budget, left, delta, rounds."""
     budget = site.policy.epsilon_budget or requested_epsilon
-    fingerprint = _fingerprint(site.data.train)
+    key = site.data.train_key
     owned = ledger is None
     ledger = ledger or PrivacyLedger(site.ledger_path)
     try:
-        plan = None if run_id is None else ledger.run_plan(fingerprint, run_id)
+        plan = None if run_id is None else ledger.run_plan(key, run_id)
         if plan is not None:
             delta, accountant = plan.delta, plan.accountant
         else:
             delta = site_delta(site.policy, site.settings.target_delta, num_records)
             accountant = site.settings.accountant
-        spent = ledger.epsilon_spent(fingerprint, delta, accountant)
-        rounds = 0 if run_id is None else ledger.rounds_recorded(fingerprint, run_id)
+        spent = ledger.epsilon_spent(key, delta, accountant, since=site.data.train_since)
+        rounds = 0 if run_id is None else ledger.rounds_recorded(key, run_id)
     finally:
         if owned:
             ledger.close()
@@ -256,20 +302,23 @@ def _train(
 
 
 def _metrics(
+    site: Site,
     base: Metrics,
     result: TrainResult,
     epsilon: tuple[float, float, float],
     rounds_trained: int,
 ) -> Metrics:
+    """A training reply's metrics: only what the release inventory lets leave (no training
+    loss: an exact statistic of the training records; counts and timings by policy)."""
     spent, budget, delta = epsilon
+    policy = site.policy
     not_evaluated = {"eval-examples": 0, "eval-loss": 0.0, "eval-accuracy": 0.0}
     return (
         not_evaluated
         | base
         | {
-            "num-examples": result.num_examples,
+            "num-examples": result.num_examples if policy.release_record_count else 1,
             "status": TRAINED,
-            "train-loss": result.loss,
             "epsilon-spent": spent,
             "epsilon-budget": budget,
             "epsilon-left": max(budget - spent, 0.0),
@@ -277,7 +326,7 @@ def _metrics(
             "noise-multiplier": result.noise_multiplier,
             "max-grad-norm": result.max_grad_norm,
             "steps": result.num_steps,
-            "train-seconds": result.seconds,
+            "train-seconds": round(result.seconds, 1) if policy.release_timings else 0.0,
             "rounds-trained": rounds_trained,
         }
     )

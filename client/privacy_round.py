@@ -83,11 +83,15 @@ def authorize_round(
     num_records: int,
     sample_rate: float,
     steps: int,
+    since: int = 0,
+    session: str = "",
 ) -> RoundAuthorization:
     """Apply the policy, fix or read the run's plan, and reserve this round's release.
 
-    Raises RoundRefused (round cap) or BudgetRefused (epsilon after > budget); nothing is
-    recorded then. The caller trains, then ``ledger.mark_released`` or ``ledger.cancel``.
+    since: the ledger's ``since`` of the oldest training record present (the budget bounds its
+    epsilon, the largest); session: who asked. Raises RoundRefused (round cap) or BudgetRefused
+    (epsilon after > budget); nothing is recorded then. The caller trains, then
+    ``ledger.mark_released`` or ``ledger.cancel``.
     """
     budget = site_budget(policy, request)
     check_round_cap(ledger.rounds_recorded(fingerprint, run_id), policy)
@@ -118,7 +122,7 @@ def authorize_round(
         request.noise_multiplier or plan.requested_noise_multiplier, plan.noise_multiplier, policy
     )
     release = DpRelease(sigma, sample_rate, steps)
-    spent = ledger.epsilon_spent(fingerprint, plan.delta, plan.accountant)
+    spent = ledger.epsilon_spent(fingerprint, plan.delta, plan.accountant, since=since)
     try:
         row_id = ledger.reserve(
             fingerprint,
@@ -128,6 +132,8 @@ def authorize_round(
             delta=plan.delta,
             accountant=plan.accountant,
             epsilon_budget=budget,
+            since=since,
+            session=session,
         )
     except BudgetExceededError as err:
         raise BudgetRefused(str(err), err.epsilon_spent, budget) from err

@@ -21,6 +21,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from client.site_context import Site, build_site
 from common.config import ConfigError, SiteSettings
 from common.protocol import ARRAYS, CONFIG, DECISION, METRICS, from_array_record, to_array_record
+from common.releases import check_reply
 
 log = logging.getLogger("fedpriv.site")
 
@@ -85,6 +86,7 @@ class SiteService:
             from client.local_round import run_train_round
 
             reply = run_train_round(site, weights, config)
+            check_reply(reply.metrics, TRAIN, site.policy)  # nothing outside the inventory
             out = RecordDict(
                 {METRICS: MetricRecord(reply.metrics), DECISION: ConfigRecord(reply.decision)}
             )
@@ -93,8 +95,10 @@ class SiteService:
             return out
         from client.site_evaluation import answer_evaluation
 
-        metrics = answer_evaluation(site, weights, config)
-        return RecordDict({METRICS: MetricRecord(metrics)})
+        metrics, notes = answer_evaluation(site, weights, config)
+        check_reply(metrics, EVALUATE, site.policy)
+        decision = {"site": site.data.name, "notes": notes}
+        return RecordDict({METRICS: MetricRecord(metrics), DECISION: ConfigRecord(decision)})
 
 
 __all__ = ["ConfigError", "SiteRequestError", "SiteService", "TRAIN", "EVALUATE"]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from flwr.app import Context
 
-from client.site_data import SiteData, load_site_data
+from client.site_data import SiteData, load_site_data, load_site_records
 from common.config import (
     SIMULATED_SITE,
     ConfigError,
@@ -35,6 +35,7 @@ class Site:
     data: SiteData
     ledger_path: Path
     device: torch.device
+    session: str = ""  # who asked: the Flower run (the site's own count of rounds per run)
 
 
 def site_from_context(context: Context) -> Site:
@@ -65,15 +66,18 @@ def build_site(
     settings = RunSettings.from_run_config(run_config)
     if partition_id < 0:
         _check_deployed_policy(policy)
-    data = load_site_data(settings, policy, max(partition_id, 0), num_partitions)
+    name, _ = load_site_records(settings, policy, max(partition_id, 0), num_partitions)
+    ledger_path = _ledger_path(settings, policy, partition_id, run_id, name)
+    data = load_site_data(settings, policy, partition_id, num_partitions, str(ledger_path))
     return Site(
         settings=settings,
         policy=policy,
         partition_id=partition_id,
         num_partitions=num_partitions,
         data=data,
-        ledger_path=_ledger_path(settings, policy, partition_id, run_id, data.name),
+        ledger_path=ledger_path,
         device=pick_device(),
+        session=f"flower-run-{run_id}",
     )
 
 

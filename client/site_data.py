@@ -1,25 +1,61 @@
-"""A site's records: its own data file, or (in simulation) its partition of a registered dataset."""
+"""A site's records: its own data file, or (in simulation) its partition of a registered dataset,
+split by the site itself into training and validation records for good.
+
+The split is the site's: each record's side is a keyed hash of the record under the site's
+secret split key (kept in its ledger), and the ledger remembers the side a record got first,
+so no server choice (seed, validation-fraction, run key) re-splits a record and gives it a
+fresh budget. The ledger's datasets are ``<site name>/train`` and ``<site name>/validation``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from dataclasses import dataclass
 from functools import lru_cache
+
+import numpy as np
 
 from common.config import ConfigError, RunSettings, SiteSettings
 from common.data.registry import load_dataset
 from common.data.site_file import load_site_file
-from common.data.split import split_train_validation
+from common.data.split import keyed_validation_mask
 from common.data.types import LabeledData
+from common.privacy.fingerprint import record_hashes
+from common.privacy.ledger import PrivacyLedger
+
+TRAIN_SPLIT = "train"
+VALIDATION_SPLIT = "validation"
+DEFAULT_VALIDATION_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
 class SiteData:
     """name: the site's display name; train: the records it trains on (the DP unit);
-    validation: its local held-out records for federated evaluation."""
+    validation: its local held-out records for federated evaluation.
+
+    train_since / validation_since: the ledger's ``since`` of the oldest record present in
+    each split (releases after it count for that record, the one with the most spend).
+    """
 
     name: str
     train: LabeledData
     validation: LabeledData
+    train_since: int = 0
+    validation_since: int = 0
+
+    @property
+    def train_key(self) -> str:
+        return ledger_key(self.name, TRAIN_SPLIT)
+
+    @property
+    def validation_key(self) -> str:
+        return ledger_key(self.name, VALIDATION_SPLIT)
+
+
+def ledger_key(name: str, split: str) -> str:
+    """The ledger's dataset for one split of a site's records."""
+    return f"{name}/{split}"
 
 
 @lru_cache(maxsize=2)
@@ -34,11 +70,86 @@ def reference_schema(dataset: str, seed: int) -> LabeledData:
     return registered_dataset(dataset, seed)[1]
 
 
-@lru_cache(maxsize=16)
 def load_site_data(
-    settings: RunSettings, site: SiteSettings, partition_id: int, num_partitions: int
+    settings: RunSettings,
+    site: SiteSettings,
+    partition_id: int,
+    num_partitions: int,
+    ledger_path: str | None = None,
 ) -> SiteData:
-    """Load (once per process) the records this site trains and evaluates on."""
+    """The records this site trains and evaluates on, split by the site (see module doc).
+
+    ledger_path: where the site's split key and record memberships live (None: the split is
+    computed from the key alone and nothing is recorded, e.g. a researcher's preview).
+    """
+    name, records = load_site_records(settings, site, max(partition_id, 0), num_partitions)
+    return _split(settings, site, partition_id, name, records, ledger_path)
+
+
+@lru_cache(maxsize=16)
+def _split(
+    settings: RunSettings,
+    site: SiteSettings,
+    partition_id: int,
+    name: str,
+    records: LabeledData,
+    ledger_path: str | None,
+) -> SiteData:
+    hashes = record_hashes(records)
+    fraction = site.validation_fraction or (
+        settings.validation_fraction if partition_id >= 0 else DEFAULT_VALIDATION_FRACTION
+    )
+    default_key = _default_split_key(site, settings, partition_id)
+    if ledger_path is None:
+        mask = keyed_validation_mask(hashes, fraction, default_key)
+        return SiteData(
+            name, records.subset(np.flatnonzero(~mask)), records.subset(np.flatnonzero(mask))
+        )
+    with PrivacyLedger(ledger_path) as ledger:
+        key = ledger.split_key(default_key)
+        mask = keyed_validation_mask(hashes, fraction, key)
+        proposed = {
+            h.hex(): ledger_key(name, VALIDATION_SPLIT if m else TRAIN_SPLIT)
+            for h, m in zip(hashes, mask, strict=True)
+        }
+        stored = ledger.register_records(proposed)
+    validation_key = ledger_key(name, VALIDATION_SPLIT)
+    sides = [stored[h.hex()] for h in hashes]
+    in_validation = np.array([k == validation_key for k, _ in sides])
+    if in_validation.all() or not in_validation.any():
+        raise ConfigError(
+            f"site {name}: its {len(records)} records all belong to one split in its ledger; "
+            "a site needs at least one training and one validation record"
+        )
+    since = {False: 0, True: 0}
+    for side in (False, True):
+        values = [s for (_, s), v in zip(sides, in_validation, strict=True) if v == side]
+        since[side] = min(values)
+    return SiteData(
+        name,
+        records.subset(np.flatnonzero(~in_validation)),
+        records.subset(np.flatnonzero(in_validation)),
+        train_since=since[False],
+        validation_since=since[True],
+    )
+
+
+def _default_split_key(site: SiteSettings, settings: RunSettings, partition_id: int) -> bytes:
+    """The split key a site's ledger keeps from its first use: the policy's ``split-key``; a
+    simulated site's is derived from the run's seed and its partition (reproducible research
+    runs); a deployed site's is random."""
+    if site.split_key:
+        return bytes.fromhex(site.split_key)
+    if partition_id >= 0:
+        return hashlib.sha256(f"fedpriv-split/{settings.seed}/{partition_id}".encode()).digest()
+    return secrets.token_bytes(32)
+
+
+@lru_cache(maxsize=16)
+def load_site_records(
+    settings: RunSettings, site: SiteSettings, partition_id: int, num_partitions: int
+) -> tuple[str, LabeledData]:
+    """(site name, all its records), loaded once per process."""
     if site.data_file:
         reference = reference_schema(settings.dataset, settings.seed)
         tagged = reference.kind == "tokens"  # a token-tagged file is read against the run's tags
@@ -67,10 +178,7 @@ def load_site_data(
         )
         natural = natural_partition_values(pool, by)[partition_id] if by else ""
         name = site.name or natural or f"site-{partition_id}"
-    train, validation = split_train_validation(
-        records, settings.validation_fraction, settings.seed + partition_id
-    )
-    return SiteData(name=name, train=train, validation=validation)
+    return name, records
 
 
 def _check_matches_run(records: LabeledData, reference: LabeledData, site: SiteSettings) -> None:

@@ -264,6 +264,25 @@ class SiteSettings:
     allow-non-private: whether it accepts a dp=false (non-private) request at all.
     ledger: path of the site's privacy ledger ("" = the default location).
     policy-file: a TOML file of these keys (deployment: ``--node-config "policy-file='...'"``).
+
+    The split (fixed by the site; no server setting moves a record):
+    validation-fraction: share of records held out for evaluation (0 = 0.2; a simulated site
+    without its own takes the run's). split-key: hex secret that assigns records to splits
+    ("" = random at first use, then kept in the ledger).
+
+    What may leave (the release inventory, common/releases.py):
+    evaluation: "dp" (Gaussian noisy counts and clipped loss sums, each answer accounted),
+    "exact" (non-private answers, at most max-exact-answers-per-day) or "off".
+    evaluation-noise-multiplier: z of each DP evaluation answer (noise std = z x sensitivity).
+    evaluation-loss-bound: B, per-record loss clipped to [0, B] before it is summed.
+    max-exact-answers-per-day: cap on non-private answers (exact evaluation, audit figures).
+    max-rounds-per-day: training rounds in any 24 h, all runs together (0 = no cap), counted
+    from the ledger. release-record-count: send the training record count (FedAvg weight,
+    q); false = weight 1 and no q. release-timings: send train-seconds.
+    allow-audit: run the membership audit when asked; release-audit-figures: send its figures
+    (non-private statistics of training records, capped). group-columns: columns whose groups
+    may get (noisy) fairness counts ("*" = any that is not identifier-like; "" = none).
+    min-cell-size: group cells with fewer (noisy) records are suppressed.
     """
 
     name: str = ""
@@ -280,6 +299,19 @@ class SiteSettings:
     allow_non_private: bool = False
     ledger: str = ""
     policy_file: str = ""
+    validation_fraction: float = 0.0
+    split_key: str = ""
+    evaluation: str = "dp"
+    evaluation_noise_multiplier: float = 3.0
+    evaluation_loss_bound: float = 5.0
+    max_exact_answers_per_day: int = 100
+    max_rounds_per_day: int = 0
+    release_record_count: bool = True
+    release_timings: bool = False
+    allow_audit: bool = False
+    release_audit_figures: bool = False
+    group_columns: str = ""
+    min_cell_size: int = 10
 
     @classmethod
     def from_mapping(
@@ -320,6 +352,40 @@ class SiteSettings:
             self.max_rounds_per_run >= 0,
             f"{where}: max-rounds-per-run must be >= 0 (0 = no cap), got {self.max_rounds_per_run}",
         )
+        _require(
+            self.validation_fraction == 0 or 0 < self.validation_fraction < 1,
+            f"{where}: validation-fraction must be in (0, 1) (0 = 0.2), "
+            f"got {self.validation_fraction}",
+        )
+        try:
+            key = bytes.fromhex(self.split_key)
+        except ValueError:
+            key = b""
+        _require(
+            not self.split_key or len(key) >= 16,
+            f"{where}: split-key must be at least 32 hex digits (e.g. `openssl rand -hex 32`)",
+        )
+        _require(
+            self.evaluation in EVALUATION_MODES,
+            f"{where}: evaluation must be one of {list(EVALUATION_MODES)}, got {self.evaluation!r}",
+        )
+        _require(
+            MIN_EVALUATION_NOISE <= self.evaluation_noise_multiplier <= MAX_NOISE_MULTIPLIER,
+            f"{where}: evaluation-noise-multiplier must be in [{MIN_EVALUATION_NOISE:g}, "
+            f"{MAX_NOISE_MULTIPLIER:g}] (below, an answer is as good as exact: say "
+            f'evaluation = "exact"), got {self.evaluation_noise_multiplier}',
+        )
+        _require(
+            0 < self.evaluation_loss_bound <= 1e3,
+            f"{where}: evaluation-loss-bound must be in (0, 1000], "
+            f"got {self.evaluation_loss_bound}",
+        )
+        for key_name, value in (
+            ("max-exact-answers-per-day", self.max_exact_answers_per_day),
+            ("max-rounds-per-day", self.max_rounds_per_day),
+            ("min-cell-size", self.min_cell_size),
+        ):
+            _require(value >= 0, f"{where}: {key_name} must be >= 0, got {value}")
 
     @property
     def feature_list(self) -> list[str] | None:
@@ -331,10 +397,23 @@ class SiteSettings:
         names = [c.strip() for c in self.class_names.split(",") if c.strip()]
         return names or None
 
+    @property
+    def group_column_list(self) -> list[str]:
+        return [c.strip() for c in self.group_columns.split(",") if c.strip()]
+
 
 # A simulated site without a [site.N] table belongs to the researcher running the simulation:
 # it accepts non-private baselines. Deployed sites refuse them unless their policy allows it.
-SIMULATED_SITE = SiteSettings(allow_non_private=True)
+# It also runs audits and group counts the researcher asks for and reports timings.
+SIMULATED_SITE = SiteSettings(
+    allow_non_private=True,
+    release_timings=True,
+    allow_audit=True,
+    release_audit_figures=True,
+    group_columns="*",
+)
+EVALUATION_MODES = ("dp", "exact", "off")
+MIN_EVALUATION_NOISE = 0.5  # z of a DP evaluation answer (one answer at z 0.5: eps ~ 10)
 
 
 def _read_toml(file: Path, what: str) -> dict[str, Any]:

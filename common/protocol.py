@@ -27,21 +27,26 @@ BUDGET_EXHAUSTED = 1
 ROUND_LIMIT = 2
 INVALID_REQUEST = 3
 NON_PRIVATE_REFUSED = 4
+SITE_UNAVAILABLE = 5  # the shim could not reach the site service
+REPLAYED = 6  # a (run, round) the site already answered: no second release
+RELEASE_REFUSED = 7  # the site's policy does not allow this release (evaluation, audit, groups)
 STATUS_NAMES = {
     TRAINED: "trained",
     BUDGET_EXHAUSTED: "budget exhausted",
     ROUND_LIMIT: "round limit",
     INVALID_REQUEST: "invalid request",
     NON_PRIVATE_REFUSED: "non-private refused",
+    SITE_UNAVAILABLE: "site service unavailable",
+    REPLAYED: "replay refused",
+    RELEASE_REFUSED: "refused by site policy",
 }
 
 # Metric keys a training reply carries (the same keys in every train reply). Evaluations of a
 # token classifier (NER) add TP/FP/FN counts per entity type (common.entities.count_metrics).
 TRAIN_METRIC_KEYS = (
-    "num-examples",  # n: training records (FedAvg weight); 0 when the site did not train
+    "num-examples",  # n: training records (FedAvg weight; 1 if the policy keeps n); 0 = no training
     "status",  # TRAINED or a refusal code (STATUS_NAMES)
     "partition-id",  # simulation partition, -1 in deployment
-    "train-loss",
     "dp",  # 1 = DP-SGD, 0 = non-private baseline
     "epsilon-spent",  # lifetime epsilon of this dataset after this round (all runs, all rounds)
     "epsilon-budget",  # the site's lifetime budget for this dataset
@@ -49,11 +54,10 @@ TRAIN_METRIC_KEYS = (
     "rounds-trained",  # rounds this site has trained in this run, this one included
     "delta",
     "noise-multiplier",  # sigma
-    "sample-rate",  # q
+    "sample-rate",  # q (0 if the policy keeps the record count)
     "max-grad-norm",  # C
     "steps",  # DP-SGD steps this round
-    "truncated-texts",  # texts (NER: sentences) longer than max-length; NER adds truncated-words
-    "train-seconds",
+    "train-seconds",  # 0 unless the site's policy releases timings
     "eval-examples",  # > 0: the received global model was evaluated on this many records
     "eval-loss",
     "eval-accuracy",

@@ -15,9 +15,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from client.audit import ATTACKS, FIGURES, SETUP
 from common.group_counts import PREFIX, from_metrics, sum_counts
 from common.protocol import ARRAYS, CONFIG, METRICS
+from common.releases import AUDIT_ATTACKS as ATTACKS
+from common.releases import AUDIT_FIGURES as FIGURES
+from common.releases import AUDIT_SETUP as SETUP
 from server.fairness import group_metrics
 from server.strategy import PrivacyAware
 

@@ -15,16 +15,18 @@ MAX_LISTED_SITES = 8
 def format_round(rec: RoundRecord, num_rounds: int, dp: bool) -> str:
     """e.g. ``round 2/5 | server acc 0.812 loss 0.43 | fed acc 0.80 | Cleveland eps 2.1/8 ...``"""
     parts = [f"round {rec.server_round}/{num_rounds}"]
-    if rec.train:
-        parts.append(f"train loss {rec.train.get('train-loss', float('nan')):.4f}")
+    if "train-loss" in rec.train:  # sites do not release their training loss (not DP)
+        parts.append(f"train loss {rec.train['train-loss']:.4f}")
     if rec.server_eval:
         parts.append(
             f"server acc {rec.server_eval['accuracy']:.4f} loss {rec.server_eval['loss']:.4f}"
         )
     if "entity-f1" in rec.server_eval:
         parts.append(f"server entity F1 {rec.server_eval['entity-f1']:.4f}")
-    if rec.federated_eval:
-        parts.append(f"federated acc {rec.federated_eval.get('eval-accuracy', float('nan')):.4f}")
+    if "eval-accuracy" in rec.federated_eval:
+        noise = rec.federated_eval.get("eval-accuracy-std", 0.0)
+        shown = f" +-{noise:.3f} (DP noise std)" if noise else ""
+        parts.append(f"federated acc {rec.federated_eval['eval-accuracy']:.4f}{shown}")
     if "eval-entity-f1" in rec.federated_eval:
         parts.append(f"federated entity F1 {rec.federated_eval['eval-entity-f1']:.4f}")
     replied = {site: m for site, m in rec.sites.items() if "status" in m}

@@ -237,7 +237,7 @@ class PrivacyAware(FedAvg):
         examples = metrics.pop("eval-examples", 0)
         valid = isinstance(examples, int | float) and math.isfinite(examples)
         examples = int(examples) if valid else 0  # an untrusted value
-        keys = [k for k in metrics if k in ("eval-loss", "eval-accuracy") or is_count_key(k)]
+        keys = [k for k in metrics if k in EVAL_FIGURES or is_count_key(k)]
         scores = {k: metrics.pop(k) for k in keys}
         if examples > 0 and model_round >= 0:
             entry = self.record(model_round).sites.setdefault(label, {})
@@ -248,10 +248,14 @@ class PrivacyAware(FedAvg):
         weighted = [m for m in sites if m.get("eval-examples", 0) > 0]
         total = sum(m["eval-examples"] for m in weighted)
         if total:
-            self.record(model_round).federated_eval = {
-                k: sum(m[k] * m["eval-examples"] for m in weighted) / total
-                for k in ("eval-loss", "eval-accuracy")
-            } | federated_entity_scores(weighted)  # NER: F1 of the summed entity counts
+            self.record(model_round).federated_eval = (
+                {
+                    k: sum(m[k] * m["eval-examples"] for m in weighted) / total
+                    for k in ("eval-loss", "eval-accuracy")
+                }
+                | federated_entity_scores(weighted)  # NER: F1 of the summed entity counts
+                | accuracy_noise(weighted)
+            )
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -259,22 +263,71 @@ class PrivacyAware(FedAvg):
         server_round += self.round_offset
         replies = list(replies)
         rec = self.record(server_round)
+        answered = []
         for msg in replies:
-            if msg.has_content() and METRICS in msg.content:
-                rec.sites.setdefault(self.site_label(msg), {}).update(
-                    {f"{k}": v for k, v in msg.content[METRICS].items() if k.startswith("eval-")}
+            if not (msg.has_content() and METRICS in msg.content):
+                continue
+            metrics = msg.content[METRICS]
+            entry = rec.sites.setdefault(self.site_label(msg), {})
+            entry.update({k: v for k, v in metrics.items() if k.startswith("eval-")})
+            if _positive_count(metrics.get("num-examples", 0)):
+                answered.append(msg)
+            else:  # the site refused to answer (its policy or budget): left out of the mean
+                entry["eval-status"] = STATUS_NAMES.get(
+                    int(_number(metrics.get("status", 0))), "refused"
                 )
-        metrics = super().aggregate_evaluate(server_round, replies)
+        if not answered:
+            rec.federated_eval = {}
+            return None
+        metrics = super().aggregate_evaluate(server_round, answered)
         # Entity counts (NER) are summed, not averaged: F1 is computed from the sums.
-        counted = federated_entity_scores(
-            msg.content[METRICS] for msg in replies if msg.has_content() and METRICS in msg.content
+        answers = [msg.content[METRICS] for msg in answered]
+        rec.federated_eval = (
+            {
+                k: v
+                for k, v in (metrics or {}).items()
+                if k in ("eval-loss", "eval-accuracy") and not is_count_key(k)
+            }
+            | federated_entity_scores(answers)
+            | accuracy_noise(
+                [{k: m.get(k, 0) for k in ("eval-examples", "eval-noise-std")} for m in answers]
+            )
         )
-        rec.federated_eval = {
-            k: v
-            for k, v in (metrics or {}).items()
-            if k.startswith("eval-") and not is_count_key(k)
-        } | counted
         return metrics
+
+
+EVAL_FIGURES = (
+    "eval-loss",
+    "eval-accuracy",
+    "eval-noise-std",
+    "eval-dp",
+    "eval-epsilon-spent",
+    "eval-epsilon-budget",
+    "eval-delta",
+)
+
+
+def accuracy_noise(sites: Iterable[Any]) -> dict[str, float]:
+    """The noise on a federated accuracy from the sites' noisy sums: std of the summed noisy
+    correct count sqrt(sum_k s_k^2) over the summed count n (s_k: site k's ``eval-noise-std``);
+    0 when every answer was exact."""
+    sites = list(sites)
+    total = sum(_number(m.get("eval-examples", 0)) for m in sites)
+    variance = sum(_number(m.get("eval-noise-std", 0.0)) ** 2 for m in sites)
+    if total <= 0 or variance <= 0:
+        return {}
+    return {"eval-accuracy-std": math.sqrt(variance) / total}
+
+
+def _number(value: Any) -> float:
+    """An untrusted metric as a finite float (0 otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if math.isfinite(value) else 0.0
+
+
+def _positive_count(value: Any) -> bool:
+    return _number(value) > 0
 
 
 class PrivacyAwareFedAvg(PrivacyAware, FedAvg):

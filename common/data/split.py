@@ -1,6 +1,10 @@
-"""A site's records split into training and local validation parts (seeded, stratified)."""
+"""A site's records split into training and local validation parts: seeded and stratified (the
+researcher's own held-out splits), or keyed per record (a site's split, fixed by the site)."""
 
 from __future__ import annotations
+
+import hashlib
+import hmac
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -31,3 +35,29 @@ def split_train_validation(
         np.arange(n), test_size=n_val, random_state=seed, stratify=stratify
     )
     return data.subset(np.sort(train)), data.subset(np.sort(val))
+
+
+def keyed_validation_mask(record_keys: list[bytes], fraction: float, key: bytes) -> np.ndarray:
+    """True where a record goes to validation: HMAC-SHA256(key, record) read as a number in
+    [0, 1) is below ``fraction``.
+
+    Each record's side depends on itself and the site's secret key only, so adding or removing
+    records never moves another one (what lets each split's releases compose in parallel), and
+    no setting a server chooses (seed, fraction, run) can move any. If one side would be empty,
+    the record(s) nearest the cut move over so both sides hold at least one.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    n = len(record_keys)
+    if n < 2:
+        raise ValueError(f"cannot split {n} record(s) into non-empty train and validation parts")
+    scores = np.array(
+        [int.from_bytes(hmac.new(key, r, hashlib.sha256).digest()[:8], "big") for r in record_keys],
+        dtype=np.float64,
+    ) / 2.0**64
+    mask = scores < fraction
+    if not mask.any():
+        mask[np.argmin(scores)] = True
+    if mask.all():
+        mask[np.argmax(scores)] = False
+    return mask

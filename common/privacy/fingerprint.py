@@ -15,6 +15,15 @@ def dataset_fingerprint(data: LabeledData) -> str:
     Two loads of the same records give the same key, however they were ordered, so a site's
     spend on its data composes across runs; any changed record gives a new key.
     """
+    total = hashlib.sha256(data.kind.encode())
+    for digest in sorted(record_hashes(data)):
+        total.update(digest)
+    return total.hexdigest()
+
+
+def record_hashes(data: LabeledData) -> list[bytes]:
+    """sha256 of each record (its inputs and label), in order: a record's identity in the
+    ledger, whatever file or order it arrives in."""
     row_hashes = []
     for i in range(len(data)):
         h = hashlib.sha256()
@@ -27,7 +36,4 @@ def dataset_fingerprint(data: LabeledData) -> str:
             h.update(b"|" + np.ascontiguousarray(data.tags[i], dtype=np.int64).tobytes())
         h.update(b"|" + str(int(data.labels[i])).encode())
         row_hashes.append(h.digest())
-    total = hashlib.sha256(data.kind.encode())
-    for digest in sorted(row_hashes):
-        total.update(digest)
-    return total.hexdigest()
+    return row_hashes

@@ -1,11 +1,18 @@
 """The site's durable privacy ledger (SQLite): what was released on which dataset.
 
 Our own code because nothing off the shelf persists DP spend across processes and runs.
-One row per DP release batch (run, round, sigma, q, steps, delta, accountant). Epsilon is never
+One row per DP release batch (run, round, sigma, q, steps, delta, accountant, purpose: DP-SGD
+training or a Gaussian evaluation answer, which is a release with q = 1, k = 1). Epsilon is never
 stored: it is recomputed from the rows (common.privacy.accounting). A round's row is *reserved*
 atomically with the budget check before training (so two processes cannot both pass the check),
 and marked *released* before the update leaves the site. A reserved row whose process died still
 counts: the ledger errs on the side of over-counting, never under-counting.
+
+Budgets bound records, not splits: the ``records`` table holds each record's keyed hash, the
+split (ledger key) it belongs to for good, and ``since``, the last release id before it was
+first seen. A record's epsilon composes the releases on its key after ``since`` (records added
+later start at 0; old ones keep their spend); the budget check takes the oldest record present.
+Releases recorded before this schema (version < 3) count for every record of every key.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from pathlib import Path
 from common.privacy.accounting import ACCOUNTANTS, DpRelease, compute_epsilon
 
 SCHEMA_NAME = "fedpriv-ledger"
-SCHEMA_VERSION = 2  # 2: releases.epsilon_budget, runs.requested_noise_multiplier, non-private
+# 2: releases.epsilon_budget, runs.requested_noise_multiplier, non-private;
+# 3: per-record membership (records), releases.purpose/.session, policy_releases, split key
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,12 +50,23 @@ CREATE TABLE IF NOT EXISTS releases (
     sample_rate REAL NOT NULL CHECK (sample_rate > 0 AND sample_rate <= 1),
     steps INTEGER NOT NULL CHECK (steps >= 0), delta REAL NOT NULL, accountant TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('reserved', 'released')), recorded_at REAL NOT NULL,
-    epsilon_budget REAL);
+    epsilon_budget REAL, purpose TEXT NOT NULL DEFAULT 'dp-sgd', session TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS releases_by_dataset ON releases (fingerprint);
 CREATE TABLE IF NOT EXISTS non_private_releases (
     id INTEGER PRIMARY KEY AUTOINCREMENT, fingerprint TEXT NOT NULL, run_id TEXT NOT NULL,
     round INTEGER NOT NULL, recorded_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    fingerprint TEXT NOT NULL, record TEXT NOT NULL, since INTEGER NOT NULL,
+    PRIMARY KEY (fingerprint, record));
+CREATE TABLE IF NOT EXISTS policy_releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, fingerprint TEXT NOT NULL, run_id TEXT NOT NULL,
+    round INTEGER NOT NULL, purpose TEXT NOT NULL, session TEXT NOT NULL,
+    recorded_at REAL NOT NULL);
 """
+_V3_COLUMNS = [
+    "ALTER TABLE releases ADD COLUMN purpose TEXT NOT NULL DEFAULT 'dp-sgd'",
+    "ALTER TABLE releases ADD COLUMN session TEXT NOT NULL DEFAULT ''",
+]
 _MIGRATIONS = {  # from version -> statements that bring a ledger to the next version
     1: [
         "ALTER TABLE releases ADD COLUMN epsilon_budget REAL",
@@ -54,10 +74,20 @@ _MIGRATIONS = {  # from version -> statements that bring a ledger to the next ve
         "CREATE TABLE non_private_releases (id INTEGER PRIMARY KEY AUTOINCREMENT, fingerprint "
         "TEXT NOT NULL, run_id TEXT NOT NULL, round INTEGER NOT NULL, recorded_at REAL NOT NULL)",
     ],
+    2: [
+        *_V3_COLUMNS,
+        "CREATE TABLE records (fingerprint TEXT NOT NULL, record TEXT NOT NULL, since INTEGER "
+        "NOT NULL, PRIMARY KEY (fingerprint, record))",
+        "CREATE TABLE policy_releases (id INTEGER PRIMARY KEY AUTOINCREMENT, fingerprint TEXT "
+        "NOT NULL, run_id TEXT NOT NULL, round INTEGER NOT NULL, purpose TEXT NOT NULL, session "
+        "TEXT NOT NULL, recorded_at REAL NOT NULL)",
+        # what an older ledger released was keyed by split: it now counts for every record
+        "INSERT INTO meta SELECT 'legacy-release-max-id', COALESCE(MAX(id), 0) FROM releases",
+    ],
 }
 _ROW_COLUMNS = (
     "id, fingerprint, run_id, round, noise_multiplier, sample_rate, steps, delta, accountant, "
-    "status, recorded_at, epsilon_budget"
+    "status, recorded_at, epsilon_budget, purpose, session"
 )
 _PLAN_COLUMNS = (
     "noise_multiplier, sample_rate, steps_per_round, planned_rounds, target_epsilon, delta, "
@@ -111,6 +141,8 @@ class LedgerRow:
     status: str
     recorded_at: float
     epsilon_budget: float | None  # the budget this release was checked against
+    purpose: str = "dp-sgd"  # dp-sgd | evaluation | group-counts
+    session: str = ""  # the Flower run that asked (the site's own count of who asked)
 
     @property
     def release(self) -> DpRelease:
@@ -204,7 +236,11 @@ class PrivacyLedger:
             if not meta:
                 self._conn.executemany(
                     "INSERT INTO meta VALUES (?, ?)",
-                    [("schema", SCHEMA_NAME), ("version", str(SCHEMA_VERSION))],
+                    [
+                        ("schema", SCHEMA_NAME),
+                        ("version", str(SCHEMA_VERSION)),
+                        ("legacy-release-max-id", "0"),
+                    ],
                 )
                 return SCHEMA_VERSION
             version = self._check_meta(meta)
@@ -263,14 +299,108 @@ class PrivacyLedger:
         self._conn.execute("COMMIT")
 
     # --- reading -------------------------------------------------------------------------
-    def rows(self, fingerprint: str | None = None) -> list[LedgerRow]:
-        """Recorded release batches (of one dataset, or all), oldest first."""
+    def rows(self, fingerprint: str | None = None, *, since: int = 0) -> list[LedgerRow]:
+        """Recorded release batches (of one dataset, or all), oldest first. With a dataset:
+        those that count for a record first seen after release ``since`` (every release of an
+        older schema counts for every dataset)."""
         query = f"SELECT {_ROW_COLUMNS} FROM releases"
-        args: tuple[str, ...] = ()
+        args: tuple[str | int, ...] = ()
         if fingerprint is not None:
-            query += " WHERE fingerprint = ?"
-            args = (fingerprint,)
+            query += " WHERE (fingerprint = ? AND id > ?) OR id <= ?"
+            args = (fingerprint, since, self._legacy_max_id())
         return [LedgerRow(*r) for r in self._conn.execute(query + " ORDER BY id", args)]
+
+    def _legacy_max_id(self) -> int:
+        row = self._conn.execute(
+            "SELECT value FROM meta WHERE key = 'legacy-release-max-id'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def last_release_id(self) -> int:
+        """The id of the newest release row (0 for none): records first seen now have it as
+        ``since``."""
+        return int(self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM releases").fetchone()[0])
+
+    def record_memberships(self, dataset: str) -> dict[str, tuple[str, int]]:
+        """record hash -> (ledger key it belongs to, since) for every record of ``dataset``
+        (keys ``<dataset>/<split>``) the site has ever registered."""
+        return {
+            record: (key, since)
+            for key, record, since in self._conn.execute(
+                "SELECT fingerprint, record, since FROM records "
+                "WHERE substr(fingerprint, 1, ?) = ?",
+                (len(dataset) + 1, dataset + "/"),
+            )
+        }
+
+    def sessions_rounds(self, session: str, purpose: str = "dp-sgd") -> int:
+        """Distinct (run, round) pairs released for one asking session (Flower run)."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT fingerprint, run_id, round FROM releases "
+            "WHERE session = ? AND purpose = ?)",
+            (session, purpose),
+        ).fetchone()
+        return int(row[0])
+
+    def releases_since(self, timestamp: float, purpose: str = "dp-sgd") -> int:
+        """Distinct (dataset, run, round) releases of ``purpose`` recorded after ``timestamp``
+        (the site's clock: a cap no server-sent number can reset)."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT fingerprint, run_id, round FROM releases "
+            "WHERE recorded_at > ? AND purpose = ?)",
+            (timestamp, purpose),
+        ).fetchone()
+        return int(row[0])
+
+    def round_released(self, fingerprint: str, run_id: str, round_number: int) -> bool:
+        """Whether this (run, round) already has a training release on this dataset."""
+        row = self._conn.execute(
+            "SELECT 1 FROM releases WHERE fingerprint = ? AND run_id = ? AND round = ? "
+            "AND purpose = 'dp-sgd' LIMIT 1",
+            (fingerprint, run_id, round_number),
+        ).fetchone()
+        return row is not None or self.non_private_released(fingerprint, run_id, round_number)
+
+    def non_private_released(self, fingerprint: str, run_id: str, round_number: int) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM non_private_releases WHERE fingerprint = ? AND run_id = ? AND round = ?",
+            (fingerprint, run_id, round_number),
+        ).fetchone()
+        return row is not None
+
+    def policy_releases_since(self, timestamp: float, purpose: str) -> int:
+        """Non-private answers of ``purpose`` the site's policy allowed, recorded after
+        ``timestamp``."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM policy_releases WHERE recorded_at > ? AND purpose = ?",
+            (timestamp, purpose),
+        ).fetchone()
+        return int(row[0])
+
+    def policy_release_counts(self, dataset: str) -> dict[str, int]:
+        """purpose -> non-private answers allowed by policy on ``dataset``'s keys."""
+        return dict(
+            self._conn.execute(
+                "SELECT purpose, COUNT(*) FROM policy_releases WHERE substr(fingerprint, 1, ?) = ? "
+                "GROUP BY purpose",
+                (len(dataset) + 1, dataset + "/"),
+            )
+        )
+
+    def split_key(self, default: bytes) -> bytes:
+        """The site's secret key for assigning records to splits: stored on first use (then
+        ``default``), never changed, so no later setting re-splits a record."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'split-key'").fetchone()
+        if row is not None:
+            return bytes.fromhex(row[0])
+        if self.read_only:
+            return default
+        with self._transaction():
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('split-key', ?)", (default.hex(),)
+            )
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'split-key'").fetchone()
+        return bytes.fromhex(row[0])
 
     def datasets(self) -> list[tuple[str, str, int]]:
         """(fingerprint, name, number of records) of every dataset seen, oldest first."""
@@ -308,12 +438,16 @@ class PrivacyLedger:
         ).fetchone()
         return int(row[0])
 
-    def epsilon_spent(self, fingerprint: str, delta: float, accountant: str = "pld") -> float:
-        """Epsilon at ``delta`` of every release ever recorded on this dataset (infinite once
-        an update trained without DP left the site: no epsilon bound holds after that)."""
+    def epsilon_spent(
+        self, fingerprint: str, delta: float, accountant: str = "pld", *, since: int = 0
+    ) -> float:
+        """Epsilon at ``delta`` of every release recorded on this dataset after release
+        ``since`` (the oldest record's, for the budget of every record), infinite once an
+        update trained without DP left the site: no epsilon bound holds after that."""
         if self.non_private_rounds(fingerprint):
             return math.inf
-        return compute_epsilon([r.release for r in self.rows(fingerprint)], delta, accountant)
+        releases = [r.release for r in self.rows(fingerprint, since=since)]
+        return compute_epsilon(releases, delta, accountant)
 
     def non_private_rounds(self, fingerprint: str) -> list[tuple[str, int]]:
         """(run id, round) of every update trained on this dataset without DP."""
@@ -374,8 +508,14 @@ class PrivacyLedger:
         delta: float,
         accountant: str,
         epsilon_budget: float,
+        since: int = 0,
+        purpose: str = "dp-sgd",
+        session: str = "",
     ) -> int:
         """Atomically check the budget and record the planned release as *reserved*.
+
+        since: the oldest present record's ``since`` (its epsilon is the largest); purpose:
+        what the release is (dp-sgd, evaluation, group-counts); session: who asked.
 
         Raises BudgetExceededError (recording nothing) if epsilon after it would exceed the budget.
         Returns the row id to ``mark_released`` or ``cancel``.
@@ -385,7 +525,7 @@ class PrivacyLedger:
         if not (math.isfinite(epsilon_budget) and epsilon_budget >= 0):
             raise ValueError(f"epsilon budget must be a finite number >= 0, got {epsilon_budget}")
         with self._transaction():
-            past = [r.release for r in self.rows(fingerprint)]
+            past = [r.release for r in self.rows(fingerprint, since=since)]
             if self.non_private_rounds(fingerprint):
                 raise BudgetExceededError(math.inf, math.inf, epsilon_budget)
             spent = compute_epsilon(past, delta, accountant)
@@ -394,8 +534,8 @@ class PrivacyLedger:
                 raise BudgetExceededError(spent, after, epsilon_budget)
             cursor = self._conn.execute(
                 "INSERT INTO releases (fingerprint, run_id, round, noise_multiplier, sample_rate,"
-                " steps, delta, accountant, status, recorded_at, epsilon_budget)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?)",
+                " steps, delta, accountant, status, recorded_at, epsilon_budget, purpose, session)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?)",
                 (
                     fingerprint,
                     run_id,
@@ -407,6 +547,8 @@ class PrivacyLedger:
                     accountant,
                     time.time(),
                     epsilon_budget,
+                    purpose,
+                    session,
                 ),
             )
             row_id = cursor.lastrowid
@@ -429,6 +571,46 @@ class PrivacyLedger:
                 "INSERT INTO non_private_releases (fingerprint, run_id, round, recorded_at) "
                 "VALUES (?, ?, ?, ?)",
                 (fingerprint, run_id, round_number, time.time()),
+            )
+
+    def register_records(self, memberships: dict[str, str]) -> dict[str, tuple[str, int]]:
+        """Record each new record (hash -> the ledger key of its split) with ``since`` = the
+        newest release now; a record seen before keeps its key and since. Returns hash ->
+        (key, since) as stored: the split a record got first is its split for good."""
+        with self._transaction():
+            since = self.last_release_id()
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO records (fingerprint, record, since) VALUES (?, ?, ?)",
+                [(key, record, since) for record, key in memberships.items()],
+            )
+            stored: dict[str, tuple[str, int]] = {}
+            keys = {key for key in memberships.values()}
+            for key in keys:
+                for record, got_key, got_since in self._conn.execute(
+                    "SELECT record, fingerprint, since FROM records WHERE fingerprint = ?", (key,)
+                ):
+                    if record in memberships:
+                        stored[record] = (got_key, got_since)
+        missing = set(memberships) - set(stored)
+        if missing:  # registered earlier under another split: that one stays
+            placeholders = ",".join("?" * len(missing))
+            for record, got_key, got_since in self._conn.execute(
+                f"SELECT record, fingerprint, since FROM records WHERE record IN ({placeholders})",
+                tuple(missing),
+            ):
+                stored[record] = (got_key, got_since)
+        return stored
+
+    def record_policy_release(
+        self, fingerprint: str, run_id: str, round_number: int, purpose: str, session: str
+    ) -> None:
+        """Record, before it leaves, a non-private answer the site's policy allows (exact
+        evaluation, audit figures): outside the DP accounting, counted against its cap."""
+        with self._transaction():
+            self._conn.execute(
+                "INSERT INTO policy_releases (fingerprint, run_id, round, purpose, session, "
+                "recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (fingerprint, run_id, round_number, purpose, session, time.time()),
             )
 
     def mark_released(self, row_id: int, steps: int) -> None:

@@ -95,13 +95,29 @@ def test_train_reply_holds_only_arrays_and_scalar_metrics(tmp_path: Path, dp: bo
         assert metrics["epsilon-spent"] == float("inf") and metrics["noise-multiplier"] == 0
 
 
-def test_evaluate_reply_holds_only_scalar_metrics(tmp_path: Path) -> None:
+def test_evaluate_reply_holds_only_noisy_scalar_answers(tmp_path: Path) -> None:
     context = _context(tmp_path)
     reply = client_app.evaluate_global(_message(context, "evaluate"), context)
-    assert set(reply.content.keys()) == {"metrics"}
+    assert set(reply.content.keys()) == {"metrics", "decision"}
+    assert dict(reply.content["decision"]) == {"site": "Hungary", "notes": []}
     metrics = dict(reply.content["metrics"])
-    assert set(metrics) == {"eval-loss", "eval-accuracy", "num-examples", "partition-id"}
+    assert set(metrics) == {
+        "status",
+        "num-examples",
+        "eval-examples",
+        "eval-accuracy",
+        "eval-loss",
+        "eval-dp",
+        "eval-noise-std",
+        "eval-epsilon-spent",
+        "eval-epsilon-budget",
+        "eval-delta",
+        "partition-id",
+    }
     assert 0 <= metrics["eval-accuracy"] <= 1 and np.isfinite(metrics["eval-loss"])
+    # one Gaussian answer (z = 3, Delta = sqrt 3) on the validation records, in the ledger
+    assert metrics["eval-dp"] == 1 and metrics["eval-noise-std"] == pytest.approx(3 * 3**0.5)
+    assert 0 < metrics["eval-epsilon-spent"] <= metrics["eval-epsilon-budget"]
 
 
 def _sites_file(tmp_path: Path, **policy: object) -> Path:

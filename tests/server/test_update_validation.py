@@ -53,7 +53,7 @@ def _bad(kind: str, i: int) -> RecordDict:
     if kind == "missing metric":
         return reply(metrics={k: v for k, v in metrics.items() if k != "epsilon-spent"})
     if kind == "NaN metric":
-        return reply(metrics=metrics | {"train-loss": math.nan})
+        return reply(metrics=metrics | {"steps": math.nan})
     raise AssertionError(kind)
 
 
@@ -67,7 +67,7 @@ KINDS = {
     "wrong dtype": "dtype float64, expected float32",
     "negative example count": "num-examples must be a whole number",
     "missing metric": "metrics lack ['epsilon-spent']",
-    "NaN metric": "metric train-loss is not finite",
+    "NaN metric": "metric steps is not finite",
 }
 
 

@@ -36,7 +36,7 @@ KINDS = {
     "wrong dtype": "has dtype float64, expected float32",
     "negative example count": "num-examples must be a whole number",
     "missing metric": "metrics lack ['epsilon-spent']",
-    "NaN metric": "metric train-loss is not finite",
+    "NaN metric": "metric steps is not finite",
 }
 
 
@@ -68,7 +68,7 @@ def corrupt(arrays: dict[str, np.ndarray], metrics: dict, kind: str) -> None:
     elif kind == "missing metric":
         del metrics["epsilon-spent"]
     elif kind == "NaN metric":
-        metrics["train-loss"] = math.nan
+        metrics["steps"] = math.nan
     else:
         raise ValueError(f"unknown corruption {kind!r}")
 

@@ -470,7 +470,7 @@ def test_a_schema_1_ledger_is_upgraded_in_place_keeping_every_row(ledger_path):
         reserve(ledger, DpRelease(1.1, 0.02, 50), round_number=2, epsilon_budget=9.0)
         assert ledger.rows(FP)[-1].epsilon_budget == 9.0
     with closing(sqlite3.connect(ledger_path)) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key='version'").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM meta WHERE key='version'").fetchone() == ("3",)
 
 
 def test_read_only_access_needs_an_existing_ledger_and_writes_nothing(ledger_path):
