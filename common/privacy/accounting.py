@@ -86,7 +86,33 @@ def compute_epsilon(releases: Iterable[DpRelease], delta: float, accountant: str
             merged[key] = merged.get(key, 0) + release.steps
     if not merged:
         return 0.0
+    if accountant == "pld" and all(q == 1.0 for _, q in merged):
+        return gaussian_epsilon(merged, delta)
     return _composed_epsilon(tuple(sorted(merged.items())), delta, accountant)
+
+
+def gaussian_epsilon(batches: dict[tuple[float, float], int], delta: float) -> float:
+    """Exact epsilon of Gaussian answers without subsampling (q = 1): k_i answers at z_i
+    compose to one Gaussian mechanism with z = (sum k_i / z_i^2)^(-1/2) (their privacy loss
+    is Gaussian), whose delta(epsilon) dp-accounting's GaussianPrivacyLoss gives exactly
+    (Balle & Wang 2018); epsilon is found by bisection. Equal to the PLD accountant up to its
+    discretization (which only over-reports), and thousands of times faster at many answers."""
+    from dp_accounting.pld.privacy_loss_mechanism import GaussianPrivacyLoss
+
+    z = sum(k / sigma**2 for (sigma, _), k in batches.items()) ** -0.5
+    loss = GaussianPrivacyLoss(standard_deviation=z, sensitivity=1.0)
+    if loss.get_delta_for_epsilon(0.0) <= delta:
+        return 0.0
+    low, high = 0.0, 1.0
+    while loss.get_delta_for_epsilon(high) > delta:
+        low, high = high, 2 * high
+    for _ in range(60):  # to ~1e-15 relative: delta(eps) is decreasing in eps
+        mid = (low + high) / 2
+        if loss.get_delta_for_epsilon(mid) > delta:
+            low = mid
+        else:
+            high = mid
+    return high
 
 
 @lru_cache(maxsize=1024)
