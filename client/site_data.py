@@ -13,6 +13,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -145,40 +146,74 @@ def _default_split_key(site: SiteSettings, settings: RunSettings, partition_id: 
     return secrets.token_bytes(32)
 
 
-@lru_cache(maxsize=16)
 def load_site_records(
     settings: RunSettings, site: SiteSettings, partition_id: int, num_partitions: int
 ) -> tuple[str, LabeledData]:
-    """(site name, all its records), loaded once per process."""
+    """(site name, all its records): a site's own file is read again only when it changed (a
+    long-lived site service sees records added to it); a partition is made once per run."""
     if site.data_file:
-        reference = reference_schema(settings.dataset, settings.seed)
-        tagged = reference.kind == "tokens"  # a token-tagged file is read against the run's tags
-        records = load_site_file(
-            site.data_file,
-            label_column=site.label_column,
-            text_column=site.text_column or None,
-            feature_columns=site.feature_list,
-            class_names=site.class_list or (reference.class_names if tagged else None),
-        )
-        _check_matches_run(records, reference, site)
-        name = site.name or f"site-{partition_id}"
-    else:  # flwr-datasets (and Hugging Face datasets) only where a site is a partition
-        from common.data.partition import natural_partition_values, partition
+        version = _file_version(site.data_file)
+        records = _own_records(settings.dataset, settings.seed, site, version)
+        return site.name or f"site-{partition_id}", records
+    return _partition_records(settings, site, partition_id, num_partitions)
 
-        pool = registered_dataset(settings.dataset, settings.seed)[0]
-        by = settings.partition_by if settings.partitioner == "natural" else ""
-        records = partition(
-            pool,
-            num_partitions=num_partitions,
-            partition_id=partition_id,
-            scheme=settings.partitioner,
-            alpha=settings.dirichlet_alpha,
-            by=by,
-            seed=settings.seed,
-        )
-        natural = natural_partition_values(pool, by)[partition_id] if by else ""
-        name = site.name or natural or f"site-{partition_id}"
+
+@lru_cache(maxsize=16)
+def _own_records(
+    dataset: str, seed: int, site: SiteSettings, version: tuple[int, int]
+) -> LabeledData:
+    reference = reference_schema(dataset, seed)
+    tagged = reference.kind == "tokens"  # a token-tagged file is read against the run's tags
+    records = _read_file(site, tuple(reference.class_names) if tagged else None, version)
+    _check_matches_run(records, reference, site)
+    return records
+
+
+@lru_cache(maxsize=16)
+def _partition_records(
+    settings: RunSettings, site: SiteSettings, partition_id: int, num_partitions: int
+) -> tuple[str, LabeledData]:
+    # flwr-datasets (and Hugging Face datasets) only where a site is a partition
+    from common.data.partition import natural_partition_values, partition
+
+    pool = registered_dataset(settings.dataset, settings.seed)[0]
+    by = settings.partition_by if settings.partitioner == "natural" else ""
+    records = partition(
+        pool,
+        num_partitions=num_partitions,
+        partition_id=partition_id,
+        scheme=settings.partitioner,
+        alpha=settings.dirichlet_alpha,
+        by=by,
+        seed=settings.seed,
+    )
+    natural = natural_partition_values(pool, by)[partition_id] if by else ""
+    name = site.name or natural or f"site-{partition_id}"
     return name, records
+
+
+def _file_version(path: str) -> tuple[int, int]:
+    """(size, mtime in ns) of the site's file: a changed file is read again."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return (-1, -1)  # load_site_file names the problem
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=4)
+def _read_file(
+    site: SiteSettings, tags: tuple[str, ...] | None, version: tuple[int, int]
+) -> LabeledData:
+    """The site's own file, read once per version (the service keeps it between runs)."""
+    del version  # part of the cache key only
+    return load_site_file(
+        site.data_file,
+        label_column=site.label_column,
+        text_column=site.text_column or None,
+        feature_columns=site.feature_list,
+        class_names=site.class_list or (list(tags) if tags else None),
+    )
 
 
 def _check_matches_run(records: LabeledData, reference: LabeledData, site: SiteSettings) -> None:

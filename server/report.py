@@ -122,6 +122,34 @@ def _privacy_rows(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> list
     return rows
 
 
+def _evaluation_rows(rounds: list[dict[str, Any]]) -> list[list[Any]]:
+    """Per round: the federated accuracy, its DP noise, and what the sites' answers cost
+    (epsilon of their validation records after it, each site's own budget)."""
+    rows = []
+    for r in rounds:
+        fed = r.get("federated-eval") or {}
+        if "eval-accuracy" not in fed:
+            continue
+        costs = []
+        for site, m in sorted((r.get("sites") or {}).items()):
+            if "eval-epsilon-spent" in m:
+                costs.append(
+                    f"{site} {_fmt(m['eval-epsilon-spent'])}/{_fmt(m.get('eval-epsilon-budget'))}"
+                )
+            elif m.get("eval-dp") == 0:
+                costs.append(f"{site} exact (non-private, allowed by its policy)")
+        std = fed.get("eval-accuracy-std")
+        rows.append(
+            [
+                r.get("round"),
+                fed["eval-accuracy"],
+                f"+-{_fmt(std)}" if std else "exact",
+                "; ".join(costs) or "-",
+            ]
+        )
+    return rows
+
+
 def _participation_rows(rounds: list[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for rec in rounds:
@@ -218,6 +246,23 @@ def _html(
         "<p>epsilon: the site's lifetime spend on this dataset (all runs and rounds on its "
         "ledger), composed by the accountant named above, at the site's delta.</p>",
     ]
+    evaluations = _evaluation_rows(rounds)
+    if evaluations:
+        parts += [
+            "<h2>Federated evaluation and what it cost</h2>",
+            _table(
+                [
+                    "round",
+                    "federated accuracy",
+                    "DP noise (std)",
+                    "epsilon of each site's validation records after it / budget",
+                ],
+                evaluations,
+            ),
+            "<p>Each site answers about its validation records with Gaussian noise (its policy's "
+            "z x sensitivity on the counts), recorded in its ledger and composed over every "
+            "answer; the std shown is that of the federated accuracy from the summed noise.</p>",
+        ]
     reasons = _participation_rows(rounds)
     if reasons:
         parts += ["<h3>Rounds a site did not train</h3>"]
