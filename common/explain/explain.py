@@ -186,6 +186,7 @@ def explain_text(
             "attributions": e.attributions,
             "output-difference": e.output_difference,
             "delta": e.delta,
+            "steps": e.steps,
         }
         for i, e in zip(chosen, explained, strict=True)
     ]
@@ -194,7 +195,7 @@ def explain_text(
         "kind": "text",
         "method": (
             "integrated gradients on the input embeddings (Captum LayerIntegratedGradients, "
-            f"{n_steps} steps, [PAD] baseline), towards the predicted class's log-odds"
+            f"{n_steps}+ steps, [PAD] baseline), towards the predicted class's log-odds"
         ),
         "model": {"path": str(saved.path), "sha256": saved.sha256},
         "class-names": list(names),

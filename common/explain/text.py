@@ -6,7 +6,9 @@ replaced by [PAD]), token i's attribution towards class c is
     a_i = sum_h (e_ih(x) - e_ih(x')) * int_0^1 d f_c(e(x') + t (e(x) - e(x'))) / d e_ih dt,
 with f_c = logit_c - logsumexp_{k != c} logit_k (the log-odds of c; for two classes
 logit_c - logit_other). Completeness: sum_i a_i = f_c(x) - f_c(x'); Captum's convergence delta is
-the Gauss-Legendre quadrature's error on that sum.
+the Gauss-Legendre quadrature's error on that sum. A batch whose |delta| exceeds
+``tolerance * |f_c(x) - f_c(x')|`` is recomputed with twice the steps (up to MAX_STEPS): a model
+that switches sharply along the path needs more points.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]
 
 STEPS = 50
+MAX_STEPS = 800
+TOLERANCE = 0.02
 BATCH = 4
 
 
@@ -33,13 +37,15 @@ BATCH = 4
 class TokenAttribution:
     """One text's attribution towards class ``target``: ``tokens`` (word pieces, special tokens
     included), ``attributions`` (one per token), ``output_difference`` f_c(x) - f_c(x'), and
-    Captum's convergence ``delta`` = sum(attributions) - output_difference."""
+    Captum's convergence ``delta`` = sum(attributions) - output_difference; ``steps``: the
+    integration steps used."""
 
     tokens: list[str]
     attributions: list[float]
     target: int
     output_difference: float
     delta: float
+    steps: int
 
 
 def margins(logits: torch.Tensor) -> torch.Tensor:
@@ -86,9 +92,11 @@ def token_attributions(
     *,
     max_length: int = 64,
     n_steps: int = STEPS,
+    tolerance: float = TOLERANCE,
     progress: Progress | None = None,
 ) -> list[TokenAttribution]:
-    """Layer integrated gradients of f_target on ``model``'s input embeddings, one per text."""
+    """Layer integrated gradients of f_target on ``model``'s input embeddings, one per text
+    (``n_steps`` steps, doubled while a text's |delta| > tolerance * |output difference|)."""
     from captum.attr import LayerIntegratedGradients
 
     if len(texts) != len(targets):
@@ -110,18 +118,25 @@ def token_attributions(
         ids, mask = enc["input_ids"], enc["attention_mask"]
         args = (mask, enc["token_type_ids"]) if "token_type_ids" in enc else (mask,)
         target = [int(t) for t in targets[start : start + BATCH]]
-        attributions, delta = explainer.attribute(
-            ids,
-            baselines=baseline_ids(ids, tokenizer),
-            target=target,
-            additional_forward_args=args,
-            n_steps=n_steps,
-            return_convergence_delta=True,
-        )
-        per_token = attributions.sum(dim=-1).detach()
         with torch.no_grad():
             f_x = forward(ids, *args)
             f_b = forward(baseline_ids(ids, tokenizer), *args)
+        difference = (f_x - f_b)[torch.arange(len(ids)), target]
+        steps = n_steps
+        while True:
+            attributions, delta = explainer.attribute(
+                ids,
+                baselines=baseline_ids(ids, tokenizer),
+                target=target,
+                additional_forward_args=args,
+                n_steps=steps,
+                return_convergence_delta=True,
+            )
+            converged = bool((delta.abs() <= tolerance * difference.abs() + 1e-4).all())
+            if converged or steps * 2 > MAX_STEPS:
+                break
+            steps *= 2
+        per_token = attributions.sum(dim=-1).detach()
         for row in range(len(ids)):
             n = int(mask[row].sum())
             results.append(
@@ -129,8 +144,9 @@ def token_attributions(
                     tokens=tokenizer.convert_ids_to_tokens(ids[row, :n].tolist()),
                     attributions=[float(a) for a in per_token[row, :n]],
                     target=target[row],
-                    output_difference=float(f_x[row, target[row]] - f_b[row, target[row]]),
+                    output_difference=float(difference[row]),
                     delta=float(delta[row]),
+                    steps=steps,
                 )
             )
         if progress is not None:
