@@ -53,9 +53,10 @@ def _shown(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def tabular_html(doc: dict[str, Any]) -> str:
     names = doc["features"]
-    ranking = [[i + 1, r["feature"], r["mean-abs-shap"]] for i, r in enumerate(
-        doc["global-importance"][:15]
-    )]
+    ranking = [
+        [i + 1, r["feature"], r["mean-abs-shap"]]
+        for i, r in enumerate(doc["global-importance"][:15])
+    ]
     parts = [
         table(["rank", "feature", "mean |SHAP| (probability)"], ranking),
         "<h4>Per-record explanations</h4>",
@@ -81,9 +82,7 @@ def text_html(doc: dict[str, Any]) -> str:
                 [[r["token"], r["mean-attribution"], r["count"]] for r in rows],
             ),
         ]
-    scale = max(
-        (abs(a) for r in doc["records"] for a in r["attributions"]), default=0.0
-    )
+    scale = max((abs(a) for r in doc["records"] for a in r["attributions"]), default=0.0)
     parts.append("<h4>Sampled records (red: towards the predicted class, blue: against)</h4>")
     for r in doc["records"]:
         tag = "" if "correct" not in r else (" correct" if r["correct"] else " WRONG")

@@ -20,7 +20,7 @@ from torch import nn
 Progress = Callable[[int, int], None]
 
 BACKGROUND_RECORDS = 50
-SAMPLES = 1024
+SAMPLES = 512
 CHUNK = 16
 
 
@@ -70,7 +70,9 @@ def shap_values(
     if features.ndim != 2 or len(features) == 0:
         raise ValueError(f"need a non-empty (n, d) feature matrix, got shape {features.shape}")
     if len(background) > BACKGROUND_RECORDS:
-        keep = np.random.default_rng(seed).choice(len(background), BACKGROUND_RECORDS, replace=False)
+        keep = np.random.default_rng(seed).choice(
+            len(background), BACKGROUND_RECORDS, replace=False
+        )
         background = background[np.sort(keep)]
     explainer = shap.KernelExplainer(
         lambda x: probabilities(model, x), np.asarray(background, dtype=np.float64), silent=True

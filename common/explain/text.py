@@ -56,7 +56,9 @@ def margins(logits: torch.Tensor) -> torch.Tensor:
     return logits - torch.logsumexp(others, dim=-1)
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+def encode(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> dict[str, torch.Tensor]:
     """input_ids, attention_mask (and token_type_ids) padded to the longest text."""
     return dict(
         tokenizer(
@@ -66,7 +68,11 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length:
 
 
 def predict(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, batch: int = 32
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int,
+    batch: int = 32,
 ) -> np.ndarray:
     """(n, C) class probabilities of ``texts``."""
     out = []
