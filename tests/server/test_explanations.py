@@ -52,14 +52,10 @@ def _heart_model(kind: str, epochs: int, noise: float) -> torch.nn.Module:
 
 
 def test_heart_disease_report_explains_both_runs_and_their_rank_agreement(tmp_path):
-    settings = RunSettings(dataset="heart-disease", model="mlp")
+    settings = RunSettings(dataset="heart-disease", model="mlp", server_eval_max_records=80)
     dp = _folder(tmp_path, "dp", settings, _heart_model("mlp", 60, noise=0.3))
-    baseline = _folder(
-        tmp_path,
-        "non-dp",
-        RunSettings(dataset="heart-disease", dp=False),
-        _heart_model("mlp", 60, 0),
-    )
+    plain = RunSettings(dataset="heart-disease", dp=False, server_eval_max_records=80)
+    baseline = _folder(tmp_path, "non-dp", plain, _heart_model("mlp", 60, 0))
     report = write_report(dp, baseline=baseline).read_text()
 
     doc = json.loads((dp / EXPLANATIONS_FILE).read_text())
