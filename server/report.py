@@ -1,7 +1,8 @@
 """The run's trust report: report.html (figures embedded as base64 PNG) + figures/*.png.
 
-Made from what the run recorded, nothing else: metrics.jsonl (per round) and summary.json
-(configuration, per-site privacy state, final evaluation, audit, fairness). Every run writes it
+Made from what the run recorded: metrics.jsonl (per round) and summary.json (configuration,
+per-site privacy state, final evaluation, audit, fairness); its explanation section from the
+saved model and the coordinator's own held-out records (server/explanations.py). Every run writes it
 when it finishes; for a finished results folder, and to compare with a non-DP baseline run:
 
     fedpriv-report results/<run> [--baseline results/<baseline-run>]
