@@ -47,24 +47,22 @@ def read_records(
             f"{len(names)} class names given, the model has {len(saved.class_names)} classes"
         )
     if label_column:
-        data = load_site_file(
-            path,
-            label_column=label_column,
-            text_column=text_column,
-            feature_columns=feature_columns,
-            class_names=names,
-        )
-        if names is None and data.class_names != [str(i) for i in range(data.num_classes)]:
-            raise DataError(
-                f"label column {label_column!r} of {path} holds class names "
-                f"{data.class_names[:5]}, but the model does not record its classes' names: "
-                "give them in the model's class order (--class-names), or use class indices"
+        indices = [str(i) for i in range(len(saved.class_names))]
+        try:
+            data = load_site_file(
+                path,
+                label_column=label_column,
+                text_column=text_column,
+                feature_columns=feature_columns,
+                class_names=names or indices,
             )
-        if data.labels.max(initial=0) >= len(saved.class_names):
+        except DataError as err:
+            if names is not None or "label column" not in str(err):
+                raise
             raise DataError(
-                f"label column {label_column!r} of {path} has class indices up to "
-                f"{data.labels.max()}; the model has {len(saved.class_names)} classes"
-            )
+                f"{err}. The model does not record its classes' names: give them in the "
+                "model's class order (--class-names), or use class indices"
+            ) from err
         texts, features, columns, labels = (
             data.texts,
             data.features,
