@@ -122,7 +122,7 @@ def explain_tabular(
     additivity = result.values.sum(axis=1) + result.expected - result.probabilities
     return {
         "kind": "tabular",
-        "method": "SHAP (shap PermutationExplainer, interventional, class probabilities)",
+        "method": "SHAP (shap KernelExplainer, interventional, class probabilities)",
         "model": {"path": str(saved.path), "sha256": saved.sha256},
         "class-names": list(names),
         "features": list(feature_names),

@@ -27,7 +27,9 @@ def feature_importance(docs: dict[str, dict[str, Any]]) -> Figure:
     y = np.arange(len(order))
     for k, (label, doc) in enumerate(docs.items()):
         values = importance(doc)
-        ax.barh(y + k * height, [values.get(f, 0.0) for f in order], height, label=label)
+        # the first run's bar on top within each feature's group
+        offset = (len(docs) - 1 - k) * height
+        ax.barh(y + offset, [values.get(f, 0.0) for f in order], height, label=label)
     ax.set_yticks(y + height * (len(docs) - 1) / 2, order)
     ax.set_xlabel("mean |SHAP value| (class probability)")
     ax.set_title("Global feature importance")
