@@ -60,10 +60,10 @@ def explain_run(folder: Path) -> dict[str, Any]:
     config = json.loads((folder / SUMMARY_FILE).read_text()).get("config", {})
     if not config.get("server_eval", True):
         return {"skipped": "server-eval is off: the coordinator holds no records of its own"}
-    saved = load_saved_model(folder / MODEL_DIR)
     records = server_records(config)
     if records.kind == "tokens":
         return {"skipped": "token classification (NER) models are not explained yet"}
+    saved = load_saved_model(folder / MODEL_DIR)
     seed = int(config.get("seed", 0))
     names = records.class_names
     if len(names) == len(saved.class_names):
