@@ -19,7 +19,13 @@ from common.models.save import save_model
 from common.models.tabular import build_tabular_model
 from common.models.text import LoraSettings, load_text_classifier
 from common.models.tiny import save_tiny_bert
-from server.explanations import COMPARISON_FILE, EXPLANATIONS_FILE, load_or_explain, server_records
+from server.explanations import (
+    COMPARISON_FILE,
+    EXPLANATIONS_FILE,
+    explain_run,
+    load_or_explain,
+    server_records,
+)
 from server.report import FIGURES_DIR, write_report
 from server.results import RunResults
 
@@ -147,3 +153,12 @@ def _close_figures():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_runs_the_coordinator_cannot_explain_are_skipped_with_the_reason(tmp_path):
+    model = _heart_model("logreg", 1, 0)
+    ner = _folder(tmp_path, "ner", RunSettings(dataset="wnut16-ner", model="text"), model)
+    assert "NER" in explain_run(ner)["skipped"]
+    off = _folder(tmp_path, "off", RunSettings(dataset="heart-disease", server_eval=False), model)
+    assert "server-eval is off" in load_or_explain(off)["skipped"]
+    assert "not explained (server-eval is off" in write_report(off).read_text()
