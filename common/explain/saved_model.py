@@ -57,6 +57,10 @@ def load_saved_model(folder: str | Path) -> SavedModel:
         )
     checkpoint = folder / MERGED_DIR if (folder / "adapter_config.json").is_file() else folder
     if not (checkpoint / "config.json").is_file():
+        if (folder / "model").is_dir():
+            raise NotAModelFolder(
+                f"{folder} is a results folder: pass its model folder, {folder / 'model'}"
+            )
         raise NotAModelFolder(
             f"{folder} is not a fedpriv model folder: it has no {TABULAR_FILE} (tabular), no "
             f"config.json (full fine-tuning) and no adapter_config.json with {MERGED_DIR}/ "

@@ -54,6 +54,9 @@ def test_folders_that_are_not_fedpriv_models_are_refused(tmp_path):
         load_saved_model(tmp_path / "missing")
     with pytest.raises(NotAModelFolder, match="is not a fedpriv model folder"):
         load_saved_model(tmp_path)
+    save_model(TabularClassifier("logreg", 2, 2), tmp_path / "run" / "model")
+    with pytest.raises(NotAModelFolder, match="is a results folder: pass its model folder"):
+        load_saved_model(tmp_path / "run")
     config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2)
     BertForTokenClassification(config).save_pretrained(tmp_path / "ner")
     with pytest.raises(NotAModelFolder, match="only sequence classifiers"):
