@@ -1,7 +1,8 @@
 """The run's trust report: report.html (figures embedded as base64 PNG) + figures/*.png.
 
-Made from what the run recorded, nothing else: metrics.jsonl (per round) and summary.json
-(configuration, per-site privacy state, final evaluation, audit, fairness). Every run writes it
+Made from what the run recorded: metrics.jsonl (per round) and summary.json (configuration,
+per-site privacy state, final evaluation, audit, fairness); its explanation section from the
+saved model and the coordinator's own held-out records (server/explanations.py). Every run writes it
 when it finishes; for a finished results folder, and to compare with a non-DP baseline run:
 
     fedpriv-report results/<run> [--baseline results/<baseline-run>]
@@ -23,6 +24,8 @@ import fairlearn
 import matplotlib
 import matplotlib.pyplot as plt
 
+from common.explain.figures import explanation_figures
+from server import explanations
 from server import report_figures as figures
 from server.results import METRICS_FILE, SUMMARY_FILE
 
@@ -59,13 +62,16 @@ def write_report(folder: Path, baseline: Path | None = None) -> Path:
         other = load_run(Path(baseline))[1]
         label = run_label(other)
         runs[label if label not in runs else f"{label} ({other.get('run-name')})"] = other
+    explained = explanations.for_report(folder, baseline, list(runs))
     drawn = {
+        **explanation_figures({k: d for k, d in explained.items() if "skipped" not in d}),
         "accuracy-loss": figures.accuracy_loss(rounds),
         "epsilon": figures.epsilon_per_round(rounds, summary),
         "participation": figures.participation(rounds, summary),
         "audit": figures.audit(runs),
         "fairness": figures.fairness(runs),
     }
+    drawn.setdefault("explanations", None)
     (folder / FIGURES_DIR).mkdir(exist_ok=True)
     images: dict[str, bytes] = {}
     for name, fig in drawn.items():
@@ -78,7 +84,9 @@ def write_report(folder: Path, baseline: Path | None = None) -> Path:
         images[name] = buffer.getvalue()
         (folder / FIGURES_DIR / f"{name}.png").write_bytes(images[name])
     path = folder / REPORT_FILE
-    path.write_text(_html(rounds, summary, runs, images), encoding="utf-8")
+    figure = _img("explanations", images["explanations"]) if "explanations" in images else ""
+    section = explanations.html_section(explained, figure)
+    path.write_text(_html(rounds, summary, runs, images, section), encoding="utf-8")
     return path
 
 
@@ -205,6 +213,7 @@ def _html(
     summary: dict[str, Any],
     runs: dict[str, dict[str, Any]],
     images: dict[str, bytes],
+    explanation_section: str = "",
 ) -> str:
     config = summary.get("config", {})
     title = f"fedpriv report: {summary.get('run-name', '')}"
@@ -312,6 +321,7 @@ def _html(
             "TP/FP/TN/FN counts; the server summed them and computed the metrics with "
             "fairlearn's MetricFrame.</p>",
         ]
+    parts.append(explanation_section)
     failures = (summary.get("final-evaluation") or {}).get("failures") or []
     if failures:
         parts += [

@@ -127,6 +127,12 @@ def _write_tagged(data: LabeledData, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def read_table(path: str | Path) -> pd.DataFrame:
+    """The rows of a CSV or JSON Lines file as they are (no label needed), with the same
+    errors as ``load_site_file`` for a missing, unreadable or empty file."""
+    return _read(Path(path))
+
+
 def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(
