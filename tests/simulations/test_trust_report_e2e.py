@@ -42,8 +42,10 @@ def test_simulation_ends_with_report_audit_and_fairness(tmp_path: Path) -> None:
     fairness = summary["fairness"]
     assert fairness["column"] == "sex" and fairness["sites-counted"] == 4
     assert set(fairness["groups"]) == {"Female", "Male"}
+    # both are noisy answers (z = 3: std 3 per group cell, 3 sqrt(3) per evaluated count)
     evaluated = sum(s["eval-examples"] for s in summary["final-evaluation"]["sites"].values())
-    assert sum(g["records"] for g in fairness["groups"].values()) == evaluated
+    grouped = sum(g["records"] for g in fairness["groups"].values())
+    assert abs(grouped - evaluated) <= 6 * (3 * 8**0.5 + 3 * 3**0.5 * 2)
     assert summary["final-evaluation"]["failures"] == []
 
     for name in FIGURES:
