@@ -230,9 +230,7 @@ class BookkeepingHooks(AbstractGradSampleHooks):
                     f"book-keeping clipping: the input or output of layer {c.name!r} was changed "
                     "in place after it ran; use grad-sample-mode 'ghost'"
                 )
-        grads = torch.autograd.grad(
-            losses.sum(), [c.output for c in captured], allow_unused=True
-        )
+        grads = torch.autograd.grad(losses.sum(), [c.output for c in captured], allow_unused=True)
         batch = len(losses)
         for c, g in zip(captured, grads, strict=True):
             if g is not None and g.shape[0] != batch:
