@@ -10,8 +10,9 @@ per-example norms come from (a, g) layer by layer; each layer's clipped sum is o
     Linear    ||grad_i W||^2 = sum_{t,s} (a_it . a_is)(g_it . g_is)  (ghost norm, [T, T] per
               example) or ||g_i^T a_i||_F^2 (per-example gradient instantiated), whichever costs
               fewer operations (T (p + d) vs p d); clipped sum = (c * g)^T a, one matrix product.
-    Embedding norm from token-index collisions (Opacus's embedding norm sampler); clipped sum =
-              rows of c * g added at their token ids (the padding_idx row gets none, as in torch).
+    Embedding ||grad_i||^2 = sum_{t,s} [id_it == id_is] (g_it . g_is) (token-index collisions);
+              clipped sum = rows of c * g added at their token ids (padding_idx gets none, as
+              in torch).
     others    per-example gradients from Opacus's grad-sampler registry (LayerNorm: [B, d]);
               clipped sum = sum_i c_i grad_i.
 
@@ -30,7 +31,6 @@ from dataclasses import dataclass
 import torch
 from opacus.data_loader import DPDataLoader
 from opacus.grad_sample import GradSampleHooks
-from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_sample
 from opacus.grad_sample.gsm_base import AbstractGradSampleHooks
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.validators import ModuleValidator
@@ -53,39 +53,71 @@ class _Capture:
     versions: tuple[int, ...]
 
 
+Grams = dict[tuple, torch.Tensor]  # activation Gram matrices a a^T of one batch, by storage
+Grads = dict[nn.Parameter, torch.Tensor]  # per parameter: a clipped sum, or per-example grads
+
+
 def _direct_trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters(recurse=False) if p.requires_grad]
 
 
-def _linear_norms(module: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Squared per-example norm of the weight and bias gradients of a Linear on [B, ..., d]."""
-    a, g = a.reshape(len(a), -1, a.shape[-1]).to(g.dtype), g.reshape(len(g), -1, g.shape[-1])
+def _per_example(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(len(x), -1, x.shape[-1])
+
+
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    """x x^T per example: [B, T, T] from [B, T, d]."""
+    return torch.bmm(x, x.transpose(1, 2))
+
+
+def _frobenius(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """<left_i, right_i>_F per example, as float32 [B]."""
+    return (left * right).sum((1, 2)).clamp(min=0).float()
+
+
+def _scaled(g: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
+    return g * clip.to(g.dtype).view(-1, *([1] * (g.dim() - 1)))
+
+
+def _linear_norms(
+    module: nn.Linear, a: torch.Tensor, g: torch.Tensor, grams: Grams
+) -> tuple[torch.Tensor, None]:
+    """Squared per-example norms of a Linear's weight and bias gradients on [B, ..., d]; the
+    activation Gram matrix is shared by the layers that read the same input (query, key,
+    value)."""
+    key = (a.data_ptr(), tuple(a.shape), a.stride())
+    a, g = _per_example(a).to(g.dtype), _per_example(g)
     steps, d, p = a.shape[1], a.shape[-1], g.shape[-1]
     squared = torch.zeros(len(g), dtype=torch.float32, device=g.device)
     if module.weight.requires_grad:
         if steps == 1:
             squared += (a.square().sum((1, 2)) * g.square().sum((1, 2))).float()
         elif steps * (p + d) < p * d:  # ghost norm: [B, T, T] Gram matrices
-            gram = torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))
-            squared += gram.sum((1, 2)).clamp(min=0).float()
+            if key not in grams:
+                grams[key] = _gram(a)
+            squared += _frobenius(grams[key], _gram(g))
         else:  # instantiate the [B, p, d] per-example gradients
             squared += torch.bmm(g.transpose(1, 2), a).square().sum((1, 2)).float()
     if module.bias is not None and module.bias.requires_grad:
         squared += g.sum(1).square().sum(1).float()
-    return squared
+    return squared, None
 
 
 def _linear_sum(
-    module: nn.Linear, a: torch.Tensor, g: torch.Tensor, clip: torch.Tensor
-) -> dict[nn.Parameter, torch.Tensor]:
-    """sum_i c_i grad_i of a Linear's weight ((c * g)^T a) and bias."""
-    weighted = g * clip.to(g.dtype).view(-1, *([1] * (g.dim() - 1)))
-    weighted = weighted.reshape(-1, g.shape[-1])
+    module: nn.Linear, a: torch.Tensor, g: torch.Tensor, clip: torch.Tensor, _: None
+) -> Grads:
+    """sum_i c_i grad_i of a Linear: weight g^T diag(c) a (c scales the narrower of g and a),
+    bias sum_i c_i sum_t g_it."""
+    a = a.to(g.dtype)
     out = {}
     if module.weight.requires_grad:
-        out[module.weight] = weighted.t() @ a.reshape(-1, a.shape[-1]).to(g.dtype)
+        if g.shape[-1] <= a.shape[-1]:
+            g_rows, a_rows = _scaled(g, clip).reshape(-1, g.shape[-1]), a.reshape(-1, a.shape[-1])
+        else:
+            g_rows, a_rows = g.reshape(-1, g.shape[-1]), _scaled(a, clip).reshape(-1, a.shape[-1])
+        out[module.weight] = g_rows.t() @ a_rows
     if module.bias is not None and module.bias.requires_grad:
-        out[module.bias] = weighted.sum(0)
+        out[module.bias] = clip.to(g.dtype) @ _per_example(g).sum(1)
     return out
 
 
@@ -96,43 +128,50 @@ def _embedding_rows(module: nn.Embedding, ids: torch.Tensor, g: torch.Tensor) ->
     return g.masked_fill((ids == module.padding_idx).unsqueeze(-1), 0.0)
 
 
-def _embedding_norms(module: nn.Embedding, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    rows = _embedding_rows(module, a, g)
-    return compute_embedding_norm_sample(module, [a], rows)[module.weight].square().float()
+def _embedding_norms(
+    module: nn.Embedding, ids: torch.Tensor, g: torch.Tensor, _: Grams
+) -> tuple[torch.Tensor, None]:
+    """||grad_i||^2 = sum_{t,s} [id_it == id_is] (g_it . g_is): positions that look up the same
+    row add up (a ghost norm; Opacus's sort-based sampler is slower on CPU)."""
+    rows = _per_example(_embedding_rows(module, ids, g))
+    ids = ids.reshape(len(ids), -1)
+    same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(rows.dtype)
+    return _frobenius(same, _gram(rows)), None
 
 
 def _embedding_sum(
-    module: nn.Embedding, a: torch.Tensor, g: torch.Tensor, clip: torch.Tensor
-) -> dict[nn.Parameter, torch.Tensor]:
-    rows = _embedding_rows(module, a, g) * clip.to(g.dtype).view(-1, *([1] * (g.dim() - 1)))
+    module: nn.Embedding, ids: torch.Tensor, g: torch.Tensor, clip: torch.Tensor, _: None
+) -> Grads:
+    rows = _scaled(_embedding_rows(module, ids, g), clip)
     grad = torch.zeros_like(module.weight, dtype=g.dtype)
-    grad.index_add_(0, a.reshape(-1), rows.reshape(-1, g.shape[-1]))
+    grad.index_add_(0, ids.reshape(-1), rows.reshape(-1, g.shape[-1]))
     return {module.weight: grad}
 
 
-def _sampled(module: nn.Module, inputs: list[torch.Tensor], g: torch.Tensor) -> dict:
+def _sampled_norms(
+    module: nn.Module, inputs: list[torch.Tensor], g: torch.Tensor, _: Grams
+) -> tuple[torch.Tensor, Grads]:
+    """Per-example gradients from Opacus's grad sampler for the layer type (kept for the sum:
+    B x the layer's parameters)."""
     grad_sampler = GradSampleHooks.GRAD_SAMPLERS[type(module)]
-    return {p: gs for p, gs in grad_sampler(module, inputs, g).items() if p.requires_grad}
-
-
-def _sampled_norms(module: nn.Module, inputs: list[torch.Tensor], g: torch.Tensor) -> torch.Tensor:
-    per_example = _sampled(module, inputs, g).values()
-    return sum(gs.reshape(len(gs), -1).float().square().sum(1) for gs in per_example)
+    per_example = {p: gs for p, gs in grad_sampler(module, inputs, g).items() if p.requires_grad}
+    squared = sum(gs.reshape(len(gs), -1).float().square().sum(1) for gs in per_example.values())
+    return squared, per_example
 
 
 def _sampled_sum(
-    module: nn.Module, inputs: list[torch.Tensor], g: torch.Tensor, clip: torch.Tensor
-) -> dict[nn.Parameter, torch.Tensor]:
-    return {
-        p: torch.einsum("b,b...->...", clip.to(gs.dtype), gs)
-        for p, gs in _sampled(module, inputs, g).items()
-    }
+    module: nn.Module,
+    inputs: list[torch.Tensor],
+    g: torch.Tensor,
+    clip: torch.Tensor,
+    per_example: Grads,
+) -> Grads:
+    return {p: torch.einsum("b,b...->...", clip.to(gs.dtype), gs) for p, gs in per_example.items()}
 
 
-Norms = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-Sums = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], dict]
-# layer type -> (squared per-example norms, clipped sum), both from (input, output gradient)
-RULES: dict[type[nn.Module], tuple[Norms, Sums]] = {
+# layer type -> (squared per-example norms and what the sum may reuse, clipped sum); both from
+# the layer's input and output gradient. Other layer types: Opacus's grad samplers.
+RULES: dict[type[nn.Module], tuple[Callable, Callable]] = {
     nn.Linear: (_linear_norms, _linear_sum),
     nn.Embedding: (_embedding_norms, _embedding_sum),
 }
@@ -239,33 +278,33 @@ class BookkeepingHooks(AbstractGradSampleHooks):
                     f"{g.shape[0]}, the loss has {batch}: inputs must be batch-first"
                 )
         squared = torch.zeros(batch, dtype=torch.float32, device=losses.device)
+        grams: Grams = {}
+        kept = []
         for c, g in zip(captured, grads, strict=True):
-            if g is not None:
-                squared += self._norms(c, g)
+            norms_fn, sum_fn = self._rule(c.module)
+            layer_squared, saved = norms_fn(c.module, self._input(c), g, grams)
+            squared += layer_squared
+            kept.append(saved)
+        del grams
         norms = squared.sqrt()
         self.per_sample_gradient_norms = norms
         clip = (self.max_grad_norm / (norms + _CLIP_EPS)).clamp(max=1.0)
-        for c, g in zip(captured, grads, strict=True):
-            if g is not None:
-                for p, grad in self._sums(c, g, clip).items():
-                    p.grad = grad if p.grad is None else p.grad + grad
+        for c, g, saved in zip(captured, grads, kept, strict=True):
+            sum_fn = self._rule(c.module)[1]
+            for p, grad in sum_fn(c.module, self._input(c), g, clip, saved).items():
+                p.grad = grad if p.grad is None else p.grad + grad
         for p in self.params:  # a layer the batch never reached: its gradient is 0
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
 
     @staticmethod
-    def _norms(c: _Capture, g: torch.Tensor) -> torch.Tensor:
-        rule = RULES.get(type(c.module))
-        if rule is None:
-            return _sampled_norms(c.module, c.inputs, g)
-        return rule[0](c.module, c.inputs[0], g)
+    def _rule(module: nn.Module) -> tuple[Callable, Callable]:
+        return RULES.get(type(module), (_sampled_norms, _sampled_sum))
 
     @staticmethod
-    def _sums(c: _Capture, g: torch.Tensor, clip: torch.Tensor) -> dict:
-        rule = RULES.get(type(c.module))
-        if rule is None:
-            return _sampled_sum(c.module, c.inputs, g, clip)
-        return rule[1](c.module, c.inputs[0], g, clip)
+    def _input(c: _Capture) -> torch.Tensor | list[torch.Tensor]:
+        """The input tensor (book-keeping rules) or the inputs list (Opacus's grad samplers)."""
+        return c.inputs[0] if type(c.module) in RULES else c.inputs
 
 
 class BookkeepingLoss:
