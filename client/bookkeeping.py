@@ -9,7 +9,7 @@ per-example norms come from (a, g) layer by layer; each layer's clipped sum is o
 
     Linear    ||grad_i W||^2 = sum_{t,s} (a_it . a_is)(g_it . g_is)  (ghost norm, [T, T] per
               example) or ||g_i^T a_i||_F^2 (per-example gradient instantiated), whichever costs
-              fewer operations (T (p + d) vs p d); clipped sum = (c * g)^T a, one matrix product.
+              fewer operations (T (p + d) vs p d); clipped sum = g^T diag(c) a, one matrix product.
     Embedding ||grad_i||^2 = sum_{t,s} [id_it == id_is] (g_it . g_is) (token-index collisions);
               clipped sum = rows of c * g added at their token ids (padding_idx gets none, as
               in torch).
