@@ -4,7 +4,7 @@ DP-SGD needs sum_i c_i grad_i with c_i = min(1, C / ||grad_i||) (C = max_grad_no
 clipping (Opacus ``grad_sample_mode="ghost"``) runs backward twice: once for the norms, again on
 the loss reweighted by c. Book-keeping runs it once. Forward hooks keep each layer's input a (the
 tensor autograd keeps anyway); one backward pass computes only the gradients g of the layer
-outputs (``torch.autograd.grad`` w.r.t. the outputs: autograd skips every weight gradient); the
+outputs (``torch.autograd.grad`` w.r.t. their autograd edges: no weight gradient is computed); the
 per-example norms come from (a, g) layer by layer; each layer's clipped sum is one product:
 
     Linear    ||grad_i W||^2 = sum_{t,s} (a_it . a_is)(g_it . g_is)  (ghost norm, [T, T] per
@@ -35,6 +35,7 @@ from opacus.grad_sample.gsm_base import AbstractGradSampleHooks
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.validators import ModuleValidator
 from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.utils.data import DataLoader
 
 # Opacus's clip factor, exactly: c_i = min(1, C / (||grad_i|| + 1e-6)).
@@ -43,13 +44,14 @@ _CLIP_EPS = 1e-6
 
 @dataclass
 class _Capture:
-    """One layer's forward call: its inputs (detached: the same storage autograd keeps) and its
-    output (attached: what the backward pass differentiates with respect to)."""
+    """One layer's forward call: its inputs (detached: the same storage autograd keeps) and the
+    autograd edge of its output (what the backward pass differentiates with respect to; the
+    output tensor itself may be freed)."""
 
     name: str
     module: nn.Module
     inputs: list[torch.Tensor]
-    output: torch.Tensor
+    edge: GradientEdge
     versions: tuple[int, ...]
 
 
@@ -250,8 +252,9 @@ class BookkeepingHooks(AbstractGradSampleHooks):
                 "sharing); use grad-sample-mode 'hooks'"
             )
         tensors = [t.detach() for t in inputs if isinstance(t, torch.Tensor)]
-        versions = tuple(t._version for t in (*tensors, output))
-        self._captured.append(_Capture(name, module, tensors, output, versions))
+        versions = tuple(t._version for t in tensors)
+        edge = get_gradient_edge(output)
+        self._captured.append(_Capture(name, module, tensors, edge, versions))
 
     def remove_hooks(self) -> None:
         for handle in self._handles:
@@ -261,38 +264,49 @@ class BookkeepingHooks(AbstractGradSampleHooks):
 
     def clip_backward(self, losses: torch.Tensor) -> None:
         """One backward pass of sum_i loss_i (``losses``: [B] per-example losses) that writes
-        each trainable parameter's clipped sum sum_i c_i grad_i into ``p.grad``."""
+        each trainable parameter's clipped sum sum_i c_i grad_i into ``p.grad``.
+
+        Memory: the layers' inputs and output gradients are held until their sum is taken
+        (a layer with instantiated per-example gradients keeps those instead)."""
         captured, self._captured = self._captured, []
         for c in captured:
-            if tuple(t._version for t in (*c.inputs, c.output)) != c.versions:
+            if tuple(t._version for t in c.inputs) != c.versions:
                 raise RuntimeError(
-                    f"book-keeping clipping: the input or output of layer {c.name!r} was changed "
-                    "in place after it ran; use grad-sample-mode 'ghost'"
+                    f"book-keeping clipping: the input of layer {c.name!r} was changed in place "
+                    "after it ran; use grad-sample-mode 'ghost'"
                 )
-        grads = torch.autograd.grad(losses.sum(), [c.output for c in captured], allow_unused=True)
+        edges = [c.edge for c in captured]
+        grads = list(torch.autograd.grad(losses.sum(), edges, allow_unused=True))
         batch = len(losses)
-        for c, g in zip(captured, grads, strict=True):
-            if g is not None and g.shape[0] != batch:
+        squared = torch.zeros(batch, dtype=torch.float32, device=losses.device)
+        grams: Grams = {}
+        kept: list[Grads | None] = []
+        for i, (c, g) in enumerate(zip(captured, grads, strict=True)):
+            if g is None:  # the loss does not depend on this layer
+                kept.append(None)
+                continue
+            if g.shape[0] != batch:
                 raise ValueError(
                     f"book-keeping clipping: layer {c.name!r} output has batch size "
                     f"{g.shape[0]}, the loss has {batch}: inputs must be batch-first"
                 )
-        squared = torch.zeros(batch, dtype=torch.float32, device=losses.device)
-        grams: Grams = {}
-        kept = []
-        for c, g in zip(captured, grads, strict=True):
-            norms_fn, sum_fn = self._rule(c.module)
-            layer_squared, saved = norms_fn(c.module, self._input(c), g, grams)
+            layer_squared, saved = self._rule(c.module)[0](c.module, self._input(c), g, grams)
             squared += layer_squared
             kept.append(saved)
+            if saved is not None:  # per-example gradients replace the output gradient
+                grads[i] = None
+                c.inputs = []
         del grams
         norms = squared.sqrt()
         self.per_sample_gradient_norms = norms
         clip = (self.max_grad_norm / (norms + _CLIP_EPS)).clamp(max=1.0)
-        for c, g, saved in zip(captured, grads, kept, strict=True):
+        for i, c in enumerate(captured):
+            if grads[i] is None and kept[i] is None:
+                continue
             sum_fn = self._rule(c.module)[1]
-            for p, grad in sum_fn(c.module, self._input(c), g, clip, saved).items():
+            for p, grad in sum_fn(c.module, self._input(c), grads[i], clip, kept[i]).items():
                 p.grad = grad if p.grad is None else p.grad + grad
+            grads[i], kept[i], c.inputs = None, None, []  # free as we go
         for p in self.params:  # a layer the batch never reached: its gradient is 0
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -304,7 +318,7 @@ class BookkeepingHooks(AbstractGradSampleHooks):
     @staticmethod
     def _input(c: _Capture) -> torch.Tensor | list[torch.Tensor]:
         """The input tensor (book-keeping rules) or the inputs list (Opacus's grad samplers)."""
-        return c.inputs[0] if type(c.module) in RULES else c.inputs
+        return c.inputs[0] if type(c.module) in RULES and c.inputs else c.inputs
 
 
 class BookkeepingLoss:
