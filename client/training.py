@@ -26,12 +26,14 @@ from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from client import bookkeeping
 from common.config import GRAD_SAMPLE_MODES, OPTIMIZERS
 
-# "auto" uses ghost clipping above this many trainable parameters (full fine-tuning of a
-# transformer: per-example gradients would cost B x params memory) and hooks below it (LoRA,
-# tabular: per-example gradients are small and one backward pass is cheaper than ghost's two).
-GHOST_ABOVE_PARAMS = 1_000_000
+# "auto" uses book-keeping clipping above this many trainable parameters (full fine-tuning of a
+# transformer: per-example gradients would cost B x params memory, ghost clipping two backward
+# passes; book-keeping needs one) and hooks below it (LoRA, tabular: per-example gradients are
+# small). Measured in docs/benchmarks.md (DP cost).
+BOOKKEEPING_ABOVE_PARAMS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class TrainResult:
     Poisson sampling every batch counts, empty ones too: the number of DP releases);
     sample_rate: q; num_examples: n; noise_multiplier: sigma (0 without DP);
     max_grad_norm: C (0 without DP: no clipping); dp: whether DP-SGD was used; seconds: wall time;
-    grad_sample_mode: how Opacus clipped ("hooks" or "ghost"; "" without DP).
+    grad_sample_mode: how per-example gradients were clipped ("hooks", "ghost" or
+    "bookkeeping"; "" without DP).
     """
 
     loss: float
@@ -188,12 +191,14 @@ def _make_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; known: {OPTIMIZERS}")
 
 
-def _pick_grad_sample_mode(mode: str, params: list[nn.Parameter]) -> str:
+def _pick_grad_sample_mode(mode: str, model: nn.Module, params: list[nn.Parameter]) -> str:
     if mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"unknown grad_sample_mode {mode!r}; known: {GRAD_SAMPLE_MODES}")
     if mode != "auto":
         return mode
-    return "ghost" if sum(p.numel() for p in params) > GHOST_ABOVE_PARAMS else "hooks"
+    if sum(p.numel() for p in params) <= BOOKKEEPING_ABOVE_PARAMS:
+        return "hooks"
+    return "bookkeeping" if bookkeeping.supports(model) else "ghost"
 
 
 def _noise_only_step(optimizer: DPOptimizer, params: list[nn.Parameter]) -> None:
@@ -217,8 +222,18 @@ def _make_private(
     noise_generator: torch.Generator,
 ) -> tuple[AbstractGradSampleHooks, DPOptimizer, nn.Module, DataLoader]:
     """Opacus hooks on ``model`` itself (no wrapper, clean keys), a DP optimizer (clip to C,
-    noise sigma*C), the criterion (ghost mode wraps it for its two backward passes) and a
-    Poisson-sampling loader with q = 1 / len(loader)."""
+    noise sigma*C), the criterion (ghost mode wraps it for its two backward passes, book-keeping
+    for its one) and a Poisson-sampling loader with q = 1 / len(loader)."""
+    if mode == "bookkeeping":
+        return bookkeeping.make_private_bookkeeping(
+            model,
+            optimizer,
+            criterion,
+            loader,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            noise_generator=noise_generator,
+        )
     with warnings.catch_warnings():  # seeded noise is the caller's choice (see ``seed``)
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant="rdp")  # accounting is the ledger's job, not this one's
@@ -275,9 +290,11 @@ def train_locally(
     seed: seeds batch sampling, DP noise and dropout. Under DP never reuse a seed across rounds
         (same seed = same batches and same noise, which voids the accounting): derive it from
         (run, round, site), or pass None for fresh randomness from the OS.
-    grad_sample_mode: how Opacus gets per-example gradient norms: "ghost" (ghost clipping: no
-        per-example gradients materialised, two backward passes), "hooks" (per-example
-        gradients), or "auto": ghost above ``GHOST_ABOVE_PARAMS`` trainable parameters, else hooks.
+    grad_sample_mode: how per-example gradients are clipped: "ghost" (Opacus ghost clipping: no
+        per-example gradients materialised, two backward passes), "bookkeeping" (one backward
+        pass, ``client.bookkeeping``), "hooks" (Opacus per-example gradients), or "auto":
+        book-keeping above ``BOOKKEEPING_ABOVE_PARAMS`` trainable parameters (ghost if the model
+        has a layer book-keeping cannot clip), else hooks.
     head_learning_rate: learning rate of the classification head (None = ``learning_rate``).
     max_steps: if set, take exactly this many steps (each a Poisson draw at rate q) instead of
         ``epochs`` full passes; the privacy cost is then max_steps releases at (sigma, q).
@@ -305,7 +322,7 @@ def train_locally(
     model.to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    mode = _pick_grad_sample_mode(grad_sample_mode, params)
+    mode = _pick_grad_sample_mode(grad_sample_mode, model, params)
     opt = _make_optimizer(optimizer, model, learning_rate, head_learning_rate)
     criterion = make_criterion(dataset)
     sampling_seed, noise_seed = _stream_seeds(seed)

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 MODELS = ("mlp", "logreg", "text")
 PARTITIONERS = ("iid", "dirichlet", "natural")
 OPTIMIZERS = ("sgd", "adam")
-GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
+GRAD_SAMPLE_MODES = ("auto", "bookkeeping", "ghost", "hooks")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
 CLIENT_DP_MODES = ("off", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 # Upper limits of noise and clip settings (beyond them nothing useful is learnt).
@@ -61,6 +61,7 @@ class RunSettings:
     optimizer: str = "sgd"
     max_physical_batch_size: int = 0
     grad_sample_mode: str = "auto"
+    freeze_word_embeddings: bool = True
     dp: bool = True
     target_epsilon: float = 8.0
     target_delta: float = 0.0

@@ -52,6 +52,8 @@ def build_model(
     Tabular: seeded MLP / logistic regression. Text: the pretrained encoder from
     ``model_source`` with a new head, LoRA adapters when ``lora`` (seeded the same way): a
     sequence classifier for text data, a token classifier (one tag per word) for tokens data.
+    Under DP (``dp``) the word-embedding table stays frozen unless ``freeze-word-embeddings`` is
+    false.
     """
     check_model_fits(settings, data)
     if data.kind in ("text", "tokens"):
@@ -74,6 +76,7 @@ def build_model(
             device=device,
             seed=settings.seed,
             pooler_init=settings.pooler_init,
+            freeze_word_embeddings=settings.freeze_word_embeddings and settings.dp,
             **(
                 {"task": "tokens", "label_names": data.class_names} if data.kind == "tokens" else {}
             ),

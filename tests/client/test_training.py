@@ -89,7 +89,7 @@ def test_dp_sgd_learns_a_separable_problem():
     assert evaluate(model, test, device="cpu").accuracy > 0.8
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bookkeeping"])
 def test_dp_step_without_noise_or_clipping_is_the_plain_step(mode):
     data = _blobs(24)
     plain, private = build_tabular_model("mlp", 4, 2), build_tabular_model("mlp", 4, 2)
@@ -124,7 +124,7 @@ def test_ghost_clipping_equals_per_example_clipping():
         torch.testing.assert_close(models[1].state_dict()[key], value, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bookkeeping"])
 def test_full_bert_fine_tuning_under_opacus(tiny_bert, mode):
     model, tokenizer = load_text_classifier(str(tiny_bert), 2, lora=None, device="cpu")
     keys = list(model.state_dict())
@@ -148,7 +148,7 @@ def test_full_bert_fine_tuning_under_opacus(tiny_bert, mode):
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bookkeeping"])
 def test_lora_dp_training_moves_only_adapters_and_head(tiny_bert, mode):
     model, tokenizer = load_text_classifier(str(tiny_bert), 2, lora=LoraSettings(r=4), device="cpu")
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
@@ -213,6 +213,18 @@ def test_every_step_adds_noise_of_the_right_size_empty_batches_too(monkeypatch):
     assert model.weight.std().item() == pytest.approx(2.0 * math.sqrt(10), rel=0.02)
 
 
+def test_auto_clips_large_models_by_bookkeeping_and_small_ones_by_hooks():
+    large = build_tabular_model("mlp", 20_000, 2)  # 1.28M parameters
+    small = build_tabular_model("mlp", 4, 2)
+    pick = training._pick_grad_sample_mode
+    assert pick("auto", large, list(large.parameters())) == "bookkeeping"
+    assert pick("auto", small, list(small.parameters())) == "hooks"
+    tied = torch.nn.Sequential(large, torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    tied[2].weight = tied[1].weight  # book-keeping cannot clip shared weights: ghost does
+    assert pick("auto", tied, list(tied.parameters())) == "ghost"
+    assert pick("ghost", large, list(large.parameters())) == "ghost"
+
+
 def test_bad_arguments_are_refused():
     model, data = build_tabular_model("logreg", 4, 2), _blobs(8)
     with pytest.raises(ValueError, match="grad_sample_mode"):
@@ -242,7 +254,9 @@ def test_bad_arguments_are_refused():
         DpSgdSettings(noise_multiplier=1.0, max_grad_norm=0.0)
 
 
-@pytest.mark.parametrize(("mode", "dp"), [("hooks", True), ("ghost", True), ("hooks", False)])
+@pytest.mark.parametrize(
+    ("mode", "dp"), [("hooks", True), ("ghost", True), ("bookkeeping", True), ("hooks", False)]
+)
 def test_physical_batches_give_the_same_update_as_the_logical_batch(mode, dp):
     """BatchMemoryManager (DP) / gradient accumulation (non-DP): chunks of 5 of an expected
     batch of 16 take the same steps, with the same Poisson draws and noise, to the same model."""
@@ -318,7 +332,7 @@ def test_token_loss_of_an_example_is_its_own_mean_over_scored_tokens():
     torch.testing.assert_close(mean, per_example.mean())
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bookkeeping"])
 def test_dp_token_step_without_noise_or_clipping_is_the_plain_step(tiny_bert, mode):
     plain, tokenizer = load_text_classifier(
         str(tiny_bert), 5, lora=None, device="cpu", task="tokens"

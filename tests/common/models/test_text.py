@@ -2,8 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from common.config import RunSettings
+from common.data.types import LabeledData
 from common.models.text import LoraSettings, encode_texts, load_text_classifier
 from common.models.weights import trainable_state
+from common.task import build_model
 
 TEXTS = ["the movie was great", "awful plot", "good acting, bad story", "fun"]
 
@@ -83,3 +86,16 @@ def test_a_tokenizer_from_another_model_is_refused(tiny_bert, tmp_path):
     tokenizer.save_pretrained(mixed)
     with pytest.raises(ValueError, match=r"tokenizer/model mismatch.*tokens but the model"):
         load_text_classifier(str(mixed), 2, lora=None, device="cpu")
+
+
+@pytest.mark.parametrize(("dp", "lora", "frozen"), [(True, False, True), (False, False, False)])
+def test_dp_full_fine_tuning_freezes_the_word_embeddings(tiny_bert, dp, lora, frozen):
+    settings = RunSettings(model="text", model_name_or_path=str(tiny_bert), lora=lora, dp=dp)
+    data = LabeledData("text", np.array([0, 1]), ["a", "b"], texts=["good film", "bad film"])
+    model, _ = build_model(settings, data, "cpu")
+    table = model.model.get_input_embeddings().weight
+    assert table.requires_grad is not frozen
+    state = trainable_state(model)
+    assert ("model.bert.embeddings.word_embeddings.weight" in state) is not frozen
+    assert "model.bert.embeddings.position_embeddings.weight" in state  # the rest still trains
+    assert len(state) == sum(1 for p in model.parameters() if p.requires_grad)
