@@ -98,6 +98,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     if not args.socket and not args.tcp:
         raise ValueError("give --socket PATH (and/or --tcp 127.0.0.1:PORT --secret-file F)")
+    os.umask(0o077)  # the ledger, its journal and the state: the service's user only
     policy = load_policy(args.policy)
     state_dir = _state_dir(args.state_dir)
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """A real deployment on 127.0.0.1: TLS SuperLink with SuperNode authentication, three sites each
-with its own data file, policy, ledger and key. Runs go through ``flwr run``; every process is
-started here on free ports and stopped by PID (simulations/local_deployment.py)."""
+with its own site service (data file, policy, ledger) and a SuperNode (its key) whose ClientApp
+only forwards to that service. Runs go through ``flwr run``; every process is started here on
+free ports and stopped by PID (simulations/local_deployment.py)."""
 
 from __future__ import annotations
 
@@ -48,9 +49,9 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
             _write_site_file(RunSettings(), partition, work / f"{name}.csv")
             (work / f"{name}-policy.toml").write_text(
                 f'name = "{name}"\nepsilon-budget = 1000.0\nledger = "{work}/{name}.sqlite"\n'
+                f'data-file = "{work / (name + ".csv")}"\nlabel-column = "label"\n'
             )
-            key = fed.register(name)
-            fed.start_supernode(name, _node_config(work, name), key)
+            fed.add_site(name, work / f"{name}-policy.toml", fed.register(name))
         fed.wait_online(len(SITES))
         yield fed
     leftover = [
@@ -61,12 +62,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
     assert not leftover, f"processes left running: {leftover}"
 
 
-def _node_config(work: Path, name: str) -> dict[str, str]:
-    return {
-        "data-file": str(work / f"{name}.csv"),
-        "label-column": "label",
-        "policy-file": str(work / f"{name}-policy.toml"),
-    }
+def _node_config(fed: LocalFederation, name: str) -> dict[str, str]:
+    return {"site-service": fed.services[name].address}
 
 
 def _is_flower(proc: psutil.Process) -> bool:
@@ -74,7 +71,8 @@ def _is_flower(proc: psutil.Process) -> bool:
         line = " ".join(proc.cmdline())
     except psutil.Error:
         return False
-    return any(n in line for n in ("flower-superlink", "flower-supernode", "flwr-", "superexec"))
+    names = ("flower-superlink", "flower-supernode", "flwr-", "superexec", "client.site_cli")
+    return any(n in line for n in names)
 
 
 def _rounds(folder: Path) -> list[dict]:
@@ -119,7 +117,7 @@ def test_unregistered_and_plaintext_supernodes_are_refused(federation: LocalFede
     work = federation.workdir
     stranger, _ = make_site_key(work / "stranger-keys", "stranger")  # never registered
     registered = federation.register("late-site")
-    config = _node_config(work, "site-a")
+    config = _node_config(federation, "site-a")
     attempts = {
         "unregistered": federation.start_supernode("unregistered", config, stranger),
         "plaintext": federation.start_supernode(
