@@ -57,7 +57,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
     leftover = [
         " ".join(p.cmdline())
         for p in psutil.process_iter()
-        if p.pid not in before and _is_flower(p)
+        if p.pid not in before and _is_flower(p) and _ours(p, work)
     ]
     assert not leftover, f"processes left running: {leftover}"
 
@@ -73,6 +73,17 @@ def _is_flower(proc: psutil.Process) -> bool:
         return False
     names = ("flower-superlink", "flower-supernode", "flwr-", "superexec", "client.site_cli")
     return any(n in line for n in names)
+
+
+def _ours(proc: psutil.Process, work: Path) -> bool:
+    """Started by this federation (other runs may share the machine): its command line or its
+    FLWR_HOME lies under ``work``."""
+    try:
+        return str(work) in " ".join(proc.cmdline()) or str(work) in proc.environ().get(
+            "FLWR_HOME", ""
+        )
+    except psutil.Error:
+        return False
 
 
 def _rounds(folder: Path) -> list[dict]:
