@@ -162,7 +162,8 @@ class LocalFederation:
         """A site as its runbook sets it up: its service (policy, data, ledger), then a
         SuperNode whose node config names only the service's socket."""
         service = self.start_site_service(name, policy)
-        return self.start_supernode(name, {"site-service": service.address}, key)
+        node_config = {"site-service": service.address, "site-name": name}
+        return self.start_supernode(name, node_config, key)
 
     def start_site_service(
         self,

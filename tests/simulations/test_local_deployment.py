@@ -16,6 +16,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from client import site_cli
 from client.site_data import load_site_data
 from common.certificates import make_site_key
 from common.config import RunSettings, SiteSettings
@@ -188,6 +189,49 @@ def test_a_killed_serverapp_resumes_without_losing_or_repeating_a_round(
     for site in SITES:  # the ledger keeps every release, a round redone after the kill too
         trained = _ledger_rounds(federation, site, summary["run-key"])
         assert set(trained) == {1, 2, 3} and trained == sorted(trained)
+
+
+@pytest.mark.slow
+def test_a_stopped_site_service_is_a_refusal_and_a_restarted_one_keeps_its_ledger(
+    federation: LocalFederation,
+) -> None:
+    results = federation.workdir / "results"
+    before = _ledger_rows(federation.workdir / "site-c.sqlite")
+    assert federation.stop_site_service("site-c") == 0  # SIGTERM: a clean stop
+    run = BASE_RUN | {
+        "num-server-rounds": 1,
+        "run-name": "service-down",
+        "results-dir": str(results),
+        "fraction-evaluate": 0.0,
+        "min-evaluate-nodes": 0,
+    }
+    try:
+        run_id = federation.submit(run)
+    finally:
+        federation.start_site_service("site-c", federation.workdir / "site-c-policy.toml")
+    assert federation.run_status(run_id)["status"] == "finished:completed"
+    (round_1,) = _rounds(results / "service-down")[1:]
+    assert round_1["trained-sites"] == 2
+    refused = round_1["sites"]["site-c"]
+    assert refused["status"] == "site service unavailable"
+    assert "cannot connect to unix://" in refused["reason"]
+    summary = json.loads((results / "service-down" / "summary.json").read_text())
+    assert _ledger_rounds(federation, "site-c", summary["run-key"]) == []
+    assert _ledger_rows(federation.workdir / "site-c.sqlite") == before
+    # the restarted service answers from the same state on disk: ledger and activity log
+    out = io.StringIO()
+    sock = federation.services["site-c"].socket
+    assert site_cli.main(["status", "--socket", str(sock), "--json"], out) == 0
+    status = json.loads(out.getvalue())
+    assert status["ledger"] == str(federation.workdir / "site-c.sqlite")
+    assert len(status["datasets"]) == (1 if before else 0)
+
+
+def _ledger_rows(path: Path) -> list[tuple]:
+    if not path.exists():
+        return []
+    with PrivacyLedger(path, read_only=True) as ledger:
+        return [(r.run_id, r.round, r.status) for r in ledger.rows()]
 
 
 @pytest.mark.slow
