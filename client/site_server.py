@@ -155,12 +155,13 @@ class SiteServer:
         self.activity.connection(peer)
         started = time.monotonic()
         fields: dict[str, Any] = {"peer": peer.get("uid", peer.get("address"))}
+        deadline = started + self.timeout  # the whole request, however it trickles in
         try:
-            if secret is not None and not _authenticate(conn, secret, self.limits):
+            if secret is not None and not _authenticate(conn, secret, deadline):
                 fields |= {"kind": "-", "status": f"error: {wire.UNAUTHORIZED}"}
                 _send(conn, wire.error_reply(wire.UNAUTHORIZED, "wrong or missing shared secret"))
                 return
-            request = wire.decode_request(wire.read_frame(conn, self.limits), self.limits)
+            request = wire.decode_request(wire.read_frame(conn, self.limits, deadline), self.limits)
         except wire.WireError as err:
             fields |= {"kind": "-", "status": f"error: {err.code}", "reason": err.reason}
             _send(conn, wire.error_reply(err.code, err.reason))
@@ -174,6 +175,7 @@ class SiteServer:
         fields |= {"kind": request.kind, "run-id": request.run_id, **_round(request)}
         reply = self._answer(request, peer, secret is not None, fields)
         fields["seconds"] = round(time.monotonic() - started, 3)
+        conn.settimeout(self.timeout)
         if not _send(conn, reply):
             fields["reason"] = fields.get("reason", "") + " (the client left before the reply)"
         self._log(fields, started)
@@ -246,10 +248,10 @@ def _reply_status(content: RecordDict) -> dict[str, Any]:
     return {"status": STATUS_NAMES.get(status, "ok") if isinstance(status, int) else "ok"}
 
 
-def _authenticate(conn: socket.socket, secret: bytes, limits: wire.WireLimits) -> bool:
+def _authenticate(conn: socket.socket, secret: bytes, deadline: float) -> bool:
     nonce = secrets.token_bytes(NONCE_BYTES)
     conn.sendall(wire.frame(nonce))
-    answer = wire.read_frame(conn, wire.WireLimits(max_frame_bytes=64))
+    answer = wire.read_frame(conn, wire.WireLimits(max_frame_bytes=64), deadline)
     return hmac.compare_digest(answer, auth_answer(secret, nonce))
 
 

@@ -22,6 +22,7 @@ import io
 import math
 import socket
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,9 +129,10 @@ def frame(payload: bytes) -> bytes:
     return HEADER.pack(MAGIC, len(payload)) + payload
 
 
-def read_frame(sock: socket.socket, limits: WireLimits) -> bytes:
-    """One frame's payload; the length is checked against the limit before it is read."""
-    head = _read_exactly(sock, HEADER.size)
+def read_frame(sock: socket.socket, limits: WireLimits, deadline: float | None = None) -> bytes:
+    """One frame's payload; the length is checked against the limit before it is read.
+    ``deadline`` (time.monotonic()): the whole frame must have arrived by then."""
+    head = _read_exactly(sock, HEADER.size, deadline)
     magic, length = HEADER.unpack(head)
     if magic != MAGIC:
         raise WireError(MALFORMED, f"not a fedpriv-site frame (starts {magic!r}, not {MAGIC!r})")
@@ -138,13 +140,18 @@ def read_frame(sock: socket.socket, limits: WireLimits) -> bytes:
         raise WireError(
             TOO_LARGE, f"frame of {length} bytes exceeds the limit of {limits.max_frame_bytes}"
         )
-    return _read_exactly(sock, length)
+    return _read_exactly(sock, length, deadline)
 
 
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
+def _read_exactly(sock: socket.socket, size: int, deadline: float | None) -> bytes:
     buffer = bytearray(size)
     view, got = memoryview(buffer), 0
     while got < size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"frame not complete in time ({got} of {size} bytes)")
+            sock.settimeout(left)
         n = sock.recv_into(view[got:], min(size - got, 1 << 20))
         if n == 0:
             raise WireError(MALFORMED, f"connection closed after {got} of {size} bytes (truncated)")

@@ -249,8 +249,8 @@ def test_status_lists_datasets_connections_and_requests(service: Service) -> Non
     assert dataset["epsilon-budget"] == 50.0 and 0 < dataset["epsilon-spent"] < 50.0
     assert dataset["epsilon-left"] == pytest.approx(50.0 - dataset["epsilon-spent"])
     assert status["connections"][-1]["uid"] == os.getuid()
-    requests = status["requests"]  # the last 50, newest last (this one is logged once sent)
-    assert (requests[-1]["kind"], requests[-1]["status"]) == ("evaluate", "ok")
+    requests = status["requests"]  # the last 50, each logged once its reply is sent
+    assert ("evaluate", "ok") in [(r["kind"], r["status"]) for r in requests]
     trains = [(r["round"], r["status"]) for r in requests if r["kind"] == "train"]
     assert trains == [(1, "trained"), (1, f"error: {wire.REFUSED}"), (2, "trained")]
     assert any(r["status"] == f"error: {wire.MALFORMED}" and r["reason"] for r in requests)
@@ -302,3 +302,24 @@ def test_a_burst_of_connections_beyond_the_cap_is_told_busy(service: Service) ->
             sock.close()
     threading.Event().wait(2.5)  # the slots are freed after the 2 s timeout
     assert service.raw(_request("nope")).error == wire.UNKNOWN_KIND
+
+
+def test_a_request_trickling_in_is_cut_off_at_the_deadline(service: Service) -> None:
+    data = _request()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(service.socket))
+        started = time.monotonic()
+        try:
+            for byte in data:  # one byte every 0.5 s: each read is in time, the whole is not
+                sock.sendall(bytes([byte]))
+                time.sleep(0.5)
+                if time.monotonic() - started > 10:
+                    break
+        except OSError:  # the service closed the connection
+            pass
+        sock.settimeout(5)
+        try:
+            rest = sock.recv(1)
+        except OSError:
+            rest = b""
+    assert rest == b"" and time.monotonic() - started < 6  # dropped after its 2 s timeout
