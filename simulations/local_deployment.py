@@ -189,11 +189,12 @@ class LocalFederation:
         if socket_group:
             command += ["--socket-group", socket_group]
         log_file = self.workdir / f"site-service-{name}.log"
+        start = log_file.stat().st_size if log_file.exists() else 0  # a restart appends
         env = {**os.environ, "PYTHONPATH": str(APP_DIR), "FEDPRIV_HOME": str(folder / "home")}
         service = SiteProcess(name, self._spawn(command, env, log_file, APP_DIR), log_file, sock)
         self.services[name] = service
         deadline = time.monotonic() + timeout
-        while "serving site" not in service.log():  # logged once the socket listens
+        while "serving site" not in service.log()[start:]:  # logged once the socket listens
             if service.process.poll() is not None:
                 raise DeploymentError(
                     f"site service {name} exited ({service.process.returncode}):\n"
