@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 ACTIVITY_FILE = "activity.jsonl"
+MAX_REASON = 300  # characters of a refusal's reason kept per entry
 
 
 @dataclass
@@ -44,6 +45,8 @@ class ActivityLog:
 
     def _add(self, entry: dict[str, Any]) -> None:
         entry = {"time": time.time(), **entry}
+        if isinstance(entry.get("reason"), str):
+            entry["reason"] = entry["reason"][:MAX_REASON]
         with self._lock:
             self._remember(entry)
             if self.path is not None:

@@ -200,7 +200,8 @@ def _ask_service(socket_path: Path) -> dict[str, Any]:
 
     endpoint = Endpoint(f"unix://{socket_path}", path=socket_path)
     try:
-        reply = call(endpoint, wire.Request("status", 0, {}), timeout=30.0)
+        limits = wire.WireLimits(max_text=16 * 2**20)  # the status is one JSON text
+        reply = call(endpoint, wire.Request("status", 0, {}), timeout=30.0, limits=limits)
     except SiteUnavailable as err:
         raise OSError(
             f"{err} (is fedpriv-site serve running? or use --policy --state-dir)"

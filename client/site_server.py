@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -193,8 +194,6 @@ class SiteServer:
                     wire.UNAUTHORIZED,
                     "status is answered on the Unix socket to the service's own user or root",
                 )
-            import json
-
             content = RecordDict({"status": ConfigRecord({"json": json.dumps(self.status())})})
             fields["status"] = "ok"
             return wire.encode_reply(wire.Reply(content))
