@@ -132,8 +132,12 @@ def run_case(
             run_id = fed.submit(run_config, app=app)
             total = time.monotonic() - started
             status = fed.run_status(run_id)["status"]
-            if status != "finished:completed":
-                raise RuntimeError(f"{label}: run ended {status}; see {fed.superlink_log}")
+            if status != "finished:completed":  # keep the logs: the work folder is deleted
+                logs = results / f"{run_name}-logs"
+                logs.mkdir(parents=True, exist_ok=True)
+                for log in work.glob("*.log"):
+                    shutil.copy(log, logs / log.name)
+                raise RuntimeError(f"{label}: run ended {status}; logs in {logs}")
     lines = (results / run_name / "metrics.jsonl").read_text().splitlines()
     per_round = []
     for record in (json.loads(line) for line in lines[1:]):
