@@ -13,11 +13,11 @@ from functools import lru_cache
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.client_dp import client_clipping_mod
 from client.secure_aggregation import secure_aggregation_mod
 
-# mods: SecAgg+ when the round runs it, client-side clipping when client-dp = client-*
-app = ClientApp(mods=[secure_aggregation_mod, client_clipping_mod])
+# SecAgg+ masking (of already-private arrays) may run in the coordinator's code; client-side
+# clipping and noise shares run in the site (client/client_dp.py, called by SiteService.handle)
+app = ClientApp(mods=[secure_aggregation_mod])
 
 
 @app.train()
@@ -34,14 +34,15 @@ def evaluate_global(msg: Message, context: Context) -> Message:
 
 def _answer(message_type: str, msg: Message, context: Context) -> Message:
     node_config = dict(context.node_config)
-    if "partition-id" in node_config:  # simulation: the same site code, in-process
-        service = _simulated_site(
-            int(node_config["partition-id"]),
-            int(node_config.get("num-partitions", 1)),
-            str(context.run_config.get("sites-file", "")),
-        )
-    else:
-        service = _deployed_site(tuple(sorted((k, str(v)) for k, v in node_config.items())))
+    if "partition-id" not in node_config:  # deployment: forward to the site's own service
+        from client.site_shim import forward
+
+        return forward(message_type, msg, node_config, context.run_config, context.run_id)
+    service = _simulated_site(  # simulation: the same site code, in-process
+        int(node_config["partition-id"]),
+        int(node_config.get("num-partitions", 1)),
+        str(context.run_config.get("sites-file", "")),
+    )
     content = service.handle(message_type, msg.content, dict(context.run_config), context.run_id)
     return Message(content=content, reply_to=msg)
 
@@ -53,11 +54,3 @@ def _simulated_site(partition_id: int, num_partitions: int, sites_file: str):  #
 
     policy = simulated_policy({"sites-file": sites_file}, partition_id)
     return SiteService(policy, partition_id=partition_id, num_partitions=num_partitions)
-
-
-@lru_cache(maxsize=4)
-def _deployed_site(node_config: tuple[tuple[str, str], ...]):  # noqa: ANN202
-    from client.site import SiteService
-    from common.config import SiteSettings
-
-    return SiteService(SiteSettings.from_mapping(dict(node_config), "node config"))

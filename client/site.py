@@ -83,8 +83,13 @@ class SiteService:
         site = self.site_for(run_config, run_id)
         weights = from_array_record(content.array_records[ARRAYS])
         if message_type == TRAIN:
+            from client.client_dp import ClientClippingError, client_clipping
             from client.local_round import run_train_round
 
+            try:  # client-level DP: clipping (and noise shares) happen here, at the site
+                config, clipping = client_clipping(run_config, config)
+            except ClientClippingError as err:
+                raise SiteRequestError(str(err)) from None
             reply = run_train_round(site, weights, config)
             check_reply(reply.metrics, TRAIN, site.policy)  # nothing outside the inventory
             out = RecordDict(
@@ -92,6 +97,8 @@ class SiteService:
             )
             if reply.arrays is not None:
                 out[ARRAYS] = to_array_record(reply.arrays)
+            if clipping is not None:
+                clipping.apply(out, weights)
             return out
         from client.site_evaluation import answer_evaluation
 

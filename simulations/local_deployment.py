@@ -1,5 +1,6 @@
-"""A real Flower deployment on one machine: a TLS SuperLink with SuperNode authentication and
-SuperNodes that each hold their own data file, policy, ledger and key — the processes a
+"""A real Flower deployment on one machine: a TLS SuperLink with SuperNode authentication and,
+per site, a site service (``fedpriv-site serve``: its own data file, policy, ledger, state) and a
+SuperNode (its key; its node config names only the service's socket) — the processes a
 coordinator and its sites run, on 127.0.0.1 with free ports, every process stopped by PID.
 
 Used by the deployment tests and the round-overhead benchmark; the README's runbooks give the
@@ -9,8 +10,10 @@ same commands for real machines.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +47,30 @@ class SuperNode:
 
 
 @dataclass
+class SiteProcess:
+    """One site's ``fedpriv-site serve`` process, its socket and log."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_file: Path
+    socket: Path
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    @property
+    def address(self) -> str:
+        return f"unix://{self.socket}"
+
+
+@dataclass
 class LocalFederation:
     """Start with ``with LocalFederation(workdir) as fed:``; ``fed.add_site(...)`` per site."""
 
     workdir: Path
     port: int = field(default_factory=free_port)
     supernodes: dict[str, SuperNode] = field(default_factory=dict)
+    services: dict[str, SiteProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.certs = self.workdir / "certs"
@@ -137,6 +158,59 @@ class LocalFederation:
             time.sleep(2)
 
     # --- sites ---------------------------------------------------------------------------
+    def add_site(self, name: str, policy: Path, key: Path | None) -> SuperNode:
+        """A site as its runbook sets it up: its service (policy, data, ledger), then a
+        SuperNode whose node config names only the service's socket."""
+        service = self.start_site_service(name, policy)
+        node_config = {"site-service": service.address, "site-name": name}
+        return self.start_supernode(name, node_config, key)
+
+    def start_site_service(
+        self,
+        name: str,
+        policy: Path,
+        *,
+        run_as: tuple[str, ...] = (),
+        socket_path: Path | None = None,
+        state_dir: Path | None = None,
+        socket_group: str | None = None,
+        timeout: float = 120,
+    ) -> SiteProcess:
+        """``fedpriv-site serve --policy POLICY --socket SOCKET --state-dir STATE`` (defaults
+        under <workdir>/site-service-<name>); ``run_as``: a command prefix (e.g. setpriv) that
+        drops privileges. Returns once the socket listens."""
+        folder = self.workdir / f"site-service-{name}"
+        if socket_path is None:
+            (folder / "run").mkdir(parents=True, exist_ok=True)
+        sock = socket_path or folder / "run" / "site.sock"
+        command = [*run_as, sys.executable, "-m", "client.site_cli", "serve"]
+        command += ["--policy", str(policy), "--socket", str(sock)]
+        command += ["--state-dir", str(state_dir or folder / "state")]
+        if socket_group:
+            command += ["--socket-group", socket_group]
+        log_file = self.workdir / f"site-service-{name}.log"
+        start = log_file.stat().st_size if log_file.exists() else 0  # a restart appends
+        env = {**os.environ, "PYTHONPATH": str(APP_DIR), "FEDPRIV_HOME": str(folder / "home")}
+        service = SiteProcess(name, self._spawn(command, env, log_file, APP_DIR), log_file, sock)
+        self.services[name] = service
+        deadline = time.monotonic() + timeout
+        while "serving site" not in service.log()[start:]:  # logged once the socket listens
+            if service.process.poll() is not None:
+                raise DeploymentError(
+                    f"site service {name} exited ({service.process.returncode}):\n"
+                    + service.log()[-3000:]
+                )
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"site service {name} did not listen within {timeout}s")
+            time.sleep(0.3)
+        return service
+
+    def stop_site_service(self, name: str, sig: int = signal.SIGTERM) -> int:
+        """Stop a site's service (SIGTERM: it finishes the request in flight); its exit code."""
+        service = self.services.pop(name)
+        stop_tree(service.process, sig)
+        return int(service.process.returncode)
+
     def start_supernode(
         self,
         name: str,
@@ -145,11 +219,14 @@ class LocalFederation:
         *,
         tls: bool = True,
         extra: tuple[str, ...] = (),
+        run_as: tuple[str, ...] = (),
+        home: Path | None = None,
     ) -> SuperNode:
-        """A site's ``flower-supernode`` with its node config (data file, policy, ledger)."""
-        home = self.workdir / f"site-home-{name}"
+        """A site's ``flower-supernode`` with its node config (the site service's address);
+        ``run_as``: a command prefix that drops privileges, ``home``: its FLWR_HOME."""
+        home = home or self.workdir / f"site-home-{name}"
         home.mkdir(parents=True, exist_ok=True)
-        command = ["flower-supernode", "--superlink", f"127.0.0.1:{self.port}"]
+        command = [*run_as, "flower-supernode", "--superlink", f"127.0.0.1:{self.port}"]
         if tls:
             command += ["--root-certificates", str((self.certs / "ca.crt").resolve())]
         else:
@@ -169,13 +246,16 @@ class LocalFederation:
         stop_tree(node.process, signal.SIGKILL)
 
     # --- runs ----------------------------------------------------------------------------
-    def submit(self, run_config: dict[str, Any], stream: TextIO | None = None) -> str:
-        """``flwr run`` the fedpriv app with ``run_config``; wait until it ends; return its
-        run id. ``flwr run --stream`` exits 0 even when the run failed: see ``run_status``."""
+    def submit(
+        self, run_config: dict[str, Any], stream: TextIO | None = None, app: Path = APP_DIR
+    ) -> str:
+        """``flwr run`` the fedpriv app (or ``app``) with ``run_config``; wait until it ends;
+        return its run id. ``flwr run --stream`` exits 0 even when the run failed: see
+        ``run_status``."""
         config_file = self.workdir / f"run-config-{time.monotonic_ns()}.toml"
         config_file.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))
         before = {r["run-id"] for r in self.runs()}
-        command = ["flwr", "run", str(APP_DIR), CONNECTION, "--stream"]
+        command = ["flwr", "run", str(app), CONNECTION, "--stream"]
         command += ["--run-config", str(config_file)]
         with subprocess.Popen(
             command,
@@ -214,12 +294,17 @@ class LocalFederation:
         for node in list(self.supernodes.values()):
             stop_tree(node.process, signal.SIGTERM)
         self.supernodes.clear()
+        for service in list(self.services.values()):
+            stop_tree(service.process, signal.SIGTERM)
+        self.services.clear()
         if self.superlink is not None:
             stop_tree(self.superlink, signal.SIGTERM)
             self.superlink = None
 
     @staticmethod
-    def _spawn(command: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
+    def _spawn(
+        command: list[str], env: dict[str, str], log_file: Path, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         with log_file.open("ab") as log:
             return subprocess.Popen(
                 command,
@@ -227,7 +312,7 @@ class LocalFederation:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                cwd=log_file.parent,
+                cwd=cwd or log_file.parent,
             )
 
 

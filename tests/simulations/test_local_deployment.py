@@ -1,6 +1,7 @@
 """A real deployment on 127.0.0.1: TLS SuperLink with SuperNode authentication, three sites each
-with its own data file, policy, ledger and key. Runs go through ``flwr run``; every process is
-started here on free ports and stopped by PID (simulations/local_deployment.py)."""
+with its own site service (data file, policy, ledger) and a SuperNode (its key) whose ClientApp
+only forwards to that service. Runs go through ``flwr run``; every process is started here on
+free ports and stopped by PID (simulations/local_deployment.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from client import site_cli
 from client.site_data import load_site_data
 from common.certificates import make_site_key
 from common.config import RunSettings, SiteSettings
@@ -48,25 +50,21 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
             _write_site_file(RunSettings(), partition, work / f"{name}.csv")
             (work / f"{name}-policy.toml").write_text(
                 f'name = "{name}"\nepsilon-budget = 1000.0\nledger = "{work}/{name}.sqlite"\n'
+                f'data-file = "{work / (name + ".csv")}"\nlabel-column = "label"\n'
             )
-            key = fed.register(name)
-            fed.start_supernode(name, _node_config(work, name), key)
+            fed.add_site(name, work / f"{name}-policy.toml", fed.register(name))
         fed.wait_online(len(SITES))
         yield fed
     leftover = [
         " ".join(p.cmdline())
         for p in psutil.process_iter()
-        if p.pid not in before and _is_flower(p)
+        if p.pid not in before and _is_flower(p) and _ours(p, work)
     ]
     assert not leftover, f"processes left running: {leftover}"
 
 
-def _node_config(work: Path, name: str) -> dict[str, str]:
-    return {
-        "data-file": str(work / f"{name}.csv"),
-        "label-column": "label",
-        "policy-file": str(work / f"{name}-policy.toml"),
-    }
+def _node_config(fed: LocalFederation, name: str) -> dict[str, str]:
+    return {"site-service": fed.services[name].address}
 
 
 def _is_flower(proc: psutil.Process) -> bool:
@@ -74,7 +72,19 @@ def _is_flower(proc: psutil.Process) -> bool:
         line = " ".join(proc.cmdline())
     except psutil.Error:
         return False
-    return any(n in line for n in ("flower-superlink", "flower-supernode", "flwr-", "superexec"))
+    names = ("flower-superlink", "flower-supernode", "flwr-", "superexec", "client.site_cli")
+    return any(n in line for n in names)
+
+
+def _ours(proc: psutil.Process, work: Path) -> bool:
+    """Started by this federation (other runs may share the machine): its command line or its
+    FLWR_HOME lies under ``work``."""
+    try:
+        return str(work) in " ".join(proc.cmdline()) or str(work) in proc.environ().get(
+            "FLWR_HOME", ""
+        )
+    except psutil.Error:
+        return False
 
 
 def _rounds(folder: Path) -> list[dict]:
@@ -119,7 +129,7 @@ def test_unregistered_and_plaintext_supernodes_are_refused(federation: LocalFede
     work = federation.workdir
     stranger, _ = make_site_key(work / "stranger-keys", "stranger")  # never registered
     registered = federation.register("late-site")
-    config = _node_config(work, "site-a")
+    config = _node_config(federation, "site-a")
     attempts = {
         "unregistered": federation.start_supernode("unregistered", config, stranger),
         "plaintext": federation.start_supernode(
@@ -179,6 +189,49 @@ def test_a_killed_serverapp_resumes_without_losing_or_repeating_a_round(
     for site in SITES:  # the ledger keeps every release, a round redone after the kill too
         trained = _ledger_rounds(federation, site, summary["run-key"])
         assert set(trained) == {1, 2, 3} and trained == sorted(trained)
+
+
+@pytest.mark.slow
+def test_a_stopped_site_service_is_a_refusal_and_a_restarted_one_keeps_its_ledger(
+    federation: LocalFederation,
+) -> None:
+    results = federation.workdir / "results"
+    before = _ledger_rows(federation.workdir / "site-c.sqlite")
+    assert federation.stop_site_service("site-c") == 0  # SIGTERM: a clean stop
+    run = BASE_RUN | {
+        "num-server-rounds": 1,
+        "run-name": "service-down",
+        "results-dir": str(results),
+        "fraction-evaluate": 0.0,
+        "min-evaluate-nodes": 0,
+    }
+    try:
+        run_id = federation.submit(run)
+    finally:
+        federation.start_site_service("site-c", federation.workdir / "site-c-policy.toml")
+    assert federation.run_status(run_id)["status"] == "finished:completed"
+    (round_1,) = _rounds(results / "service-down")[1:]
+    assert round_1["trained-sites"] == 2
+    refused = round_1["sites"]["site-c"]
+    assert refused["status"] == "site service unavailable"
+    assert "cannot connect to unix://" in refused["reason"]
+    summary = json.loads((results / "service-down" / "summary.json").read_text())
+    assert _ledger_rounds(federation, "site-c", summary["run-key"]) == []
+    assert _ledger_rows(federation.workdir / "site-c.sqlite") == before
+    # the restarted service answers from the same state on disk: ledger and activity log
+    out = io.StringIO()
+    sock = federation.services["site-c"].socket
+    assert site_cli.main(["status", "--socket", str(sock), "--json"], out) == 0
+    status = json.loads(out.getvalue())
+    assert status["ledger"] == str(federation.workdir / "site-c.sqlite")
+    assert len(status["datasets"]) == (1 if before else 0)
+
+
+def _ledger_rows(path: Path) -> list[tuple]:
+    if not path.exists():
+        return []
+    with PrivacyLedger(path, read_only=True) as ledger:
+        return [(r.run_id, r.round, r.status) for r in ledger.rows()]
 
 
 @pytest.mark.slow
