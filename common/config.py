@@ -25,6 +25,9 @@ MODELS = ("mlp", "logreg", "text")
 PARTITIONERS = ("iid", "dirichlet", "natural")
 OPTIMIZERS = ("sgd", "adam")
 GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
+FINETUNE_MODES = ("head", "lora", "full")
+POOLING_CHOICES = ("auto", "pooler", "mean", "cls")
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
 CLIENT_DP_MODES = ("off", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 # Upper limits of noise and clip settings (beyond them nothing useful is learnt).
@@ -48,6 +51,9 @@ class RunSettings:
     model: str = "mlp"
     model_name_or_path: str = ""
     pooler_init: str = "pretrained"
+    pooling: str = "auto"
+    normalize: bool = False
+    finetune: str = ""
     lora: bool = True
     lora_r: int = 8
     lora_alpha: int = 16
@@ -106,6 +112,11 @@ class RunSettings:
         return settings
 
     @property
+    def finetune_mode(self) -> str:
+        """ "head" (frozen encoder), "lora" or "full"; ``finetune`` unset ("") follows ``lora``."""
+        return self.finetune or ("lora" if self.lora else "full")
+
+    @property
     def lora_targets(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.lora_target_modules.split(",") if t.strip())
 
@@ -116,6 +127,18 @@ class RunSettings:
         _require(
             self.pooler_init in ("pretrained", "identity"),
             "pooler-init must be 'pretrained' or 'identity'",
+        )
+        _require(
+            self.finetune in ("", *FINETUNE_MODES),
+            f"finetune must be one of {FINETUNE_MODES} (or unset: lora), got {self.finetune!r}",
+        )
+        _require(
+            self.pooling in POOLING_CHOICES,
+            f"pooling must be one of {POOLING_CHOICES}, got {self.pooling!r}",
+        )
+        _require(
+            not self.normalize or self.pooling in ("auto", "mean", "cls"),
+            "normalize (L2 norm of the pooled vector) needs pooling 'auto', 'mean' or 'cls'",
         )
         _require(_positive(self.dirichlet_alpha), "dirichlet-alpha must be a finite number > 0")
         _require(0 < self.validation_fraction < 1, "validation-fraction must be in (0, 1)")
