@@ -53,6 +53,11 @@ def site_model(
     model, tokenizer = _base_model(site.settings, schema, site.device)
     load_trainable_state(model, weights)
     tensors, truncated = _tensors(records, tokenizer, site.settings.max_length)
+    if records.kind == "tokens" and site.settings.outside_tag_weight != 1.0:
+        # public per-tag loss weights (TokenCrossEntropy): w = outside-tag-weight on "O", else 1
+        tensors.tag_weights = [  # type: ignore[attr-defined]
+            site.settings.outside_tag_weight if name == "O" else 1.0 for name in records.class_names
+        ]
     if site.settings.model == "text" and site.settings.finetune_mode == "head":
         head, features = _head_features(site.settings, model, tensors, site.device)
         return head, features, truncated

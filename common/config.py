@@ -59,6 +59,7 @@ class RunSettings:
     lora_alpha: int = 16
     lora_target_modules: str = "query,value"
     max_length: int = 64
+    outside_tag_weight: float = 1.0
     local_epochs: int = 1
     local_steps: int = 0
     batch_size: int = 32
@@ -161,6 +162,11 @@ class RunSettings:
             "head-learning-rate must be a finite number > 0 (0 = learning-rate)",
         )
         _require(self.max_length >= 8, "max-length must be >= 8 tokens")
+        _require(
+            _positive(self.outside_tag_weight) and self.outside_tag_weight <= 1e3,
+            "outside-tag-weight (the NER loss weight of the O tag; entity tags weigh 1) must be "
+            f"in (0, 1000], got {self.outside_tag_weight}",
+        )
         _require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora-r and lora-alpha must be >= 1")
         _require(bool(self.lora_targets), "lora-target-modules must name at least one module")
         _require(

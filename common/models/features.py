@@ -121,7 +121,7 @@ def cached_features(
 ) -> TensorDataset:
     """TensorDataset(features, labels) for ``tensors`` (inputs..., labels): read from
     ``cache`` when encoded before with the same key, else encoded once and written there.
-    Attributes of ``tensors`` (``words_cut``, ``sentences_cut``) are kept."""
+    Attributes of ``tensors`` (``words_cut``, ``sentences_cut``, ``tag_weights``) are kept."""
     file = cache / f"{feature_key(model, tensors, model_files, max_length)}.pt"
     labels = tensors.tensors[-1]
     features = None
@@ -139,7 +139,7 @@ def cached_features(
         torch.save(features, partial)
         os.replace(partial, file)
     out = TensorDataset(features, labels)
-    for name in ("words_cut", "sentences_cut"):
+    for name in ("words_cut", "sentences_cut", "tag_weights"):
         if hasattr(tensors, name):
             setattr(out, name, getattr(tensors, name))
     return out
