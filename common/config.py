@@ -81,6 +81,12 @@ class RunSettings:
     evaluate_with_train: bool = False
     max_update_norm: float = 0.0
     aggregation: str = "fedavg"
+    server_optimizer: str = "fedavg"
+    server_learning_rate: float = 0.0
+    server_momentum: float = 0.9
+    server_beta_1: float = 0.9
+    server_beta_2: float = 0.99
+    server_tau: float = 1e-3
     trim_fraction: float = 0.2
     malicious_sites: int = 0
     client_dp: str = "off"
@@ -196,6 +202,7 @@ class RunSettings:
             self.aggregation in AGGREGATIONS,
             f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}",
         )
+        self._validate_server_optimizer()
         _require(0 <= self.trim_fraction < 0.5, "trim-fraction must be in [0, 0.5)")
         _require(self.malicious_sites >= 0, "malicious-sites must be >= 0")
         self._validate_client_dp()
@@ -213,6 +220,31 @@ class RunSettings:
             not self.resume or bool(self.run_name),
             "resume=true needs the run-name of the run to resume",
         )
+
+    def _validate_server_optimizer(self) -> None:
+        _require(
+            self.server_optimizer in SERVER_OPTIMIZERS,
+            f"server-optimizer must be one of {SERVER_OPTIMIZERS}, got {self.server_optimizer!r}",
+        )
+        if self.server_optimizer == "fedavg":
+            return
+        _require(
+            self.aggregation == "fedavg",
+            f"server-optimizer={self.server_optimizer} steps from the weighted mean of the "
+            f"updates: it needs aggregation='fedavg', got {self.aggregation!r}",
+        )
+        _require(
+            not self.secure_aggregation,
+            "server-optimizer other than fedavg is not combined with secure-aggregation yet",
+        )
+        _require(
+            self.server_learning_rate == 0 or _positive(self.server_learning_rate),
+            "server-learning-rate must be a finite number > 0 (0 = Flower's default)",
+        )
+        _require(0 <= self.server_momentum < 1, "server-momentum must be in [0, 1)")
+        _require(0 <= self.server_beta_1 < 1, "server-beta-1 must be in [0, 1)")
+        _require(0 <= self.server_beta_2 < 1, "server-beta-2 must be in [0, 1)")
+        _require(_positive(self.server_tau), "server-tau must be a finite number > 0")
 
     def _validate_client_dp(self) -> None:
         _require(

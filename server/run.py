@@ -97,7 +97,9 @@ class FederatedRun:
         done = self.checkpoint.completed_round if self.checkpoint else 0
         self.strategy = make_strategy(
             settings.aggregation,
+            settings.server_optimizer,
             **_aggregation_options(settings),
+            **_server_optimizer_options(settings),
             site_names=names,
             round_offset=done,
             max_update_norm=settings.max_update_norm,
@@ -341,6 +343,23 @@ def _aggregation_options(settings: RunSettings) -> dict[str, Any]:
         return options
     if settings.client_dp != "off":  # DP-FedAvg: noise is calibrated to an unweighted mean
         return {"uniform_weights": True}
+    return {}
+
+
+def _server_optimizer_options(settings: RunSettings) -> dict[str, Any]:
+    """The server optimizer's parameters (Flower's names); server-learning-rate 0 keeps
+    Flower's default (FedAvgM 1.0, FedAdam/FedYogi 0.1)."""
+    lr = settings.server_learning_rate
+    if settings.server_optimizer == "fedavgm":
+        return {"server_momentum": settings.server_momentum} | (
+            {"server_learning_rate": lr} if lr else {}
+        )
+    if settings.server_optimizer in ("fedadam", "fedyogi"):
+        return {
+            "beta_1": settings.server_beta_1,
+            "beta_2": settings.server_beta_2,
+            "tau": settings.server_tau,
+        } | ({"eta": lr} if lr else {})
     return {}
 
 
