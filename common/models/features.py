@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from common.models.text import HEAD_NAMES, TextClassifier, head_module
 
@@ -94,20 +94,33 @@ def encode_features(
     model: TextClassifier, tensors: TensorDataset, device: torch.device | str, batch_size: int = 128
 ) -> torch.Tensor:
     """What the head reads for every record (its input, captured in eval mode): [n, H] or
-    [n, T, H], on the CPU."""
+    [n, T, H], on the CPU. Records run in batches of similar length, each cut to its longest
+    record (padding is masked, positions explicit: the same features, less compute); token
+    features are padded back to T with zeros (those positions are never scored)."""
     head = head_module(model.model)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].cpu()))
+    inputs = tensors.tensors[:-1]  # input_ids, attention_mask, (token_type_ids, position_ids)
+    lengths = inputs[1].sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
+    width = inputs[0].shape[1]
+    right_padded = bool((inputs[1] == (torch.arange(width) < lengths[:, None])).all())
     was_training = model.training
     model.to(device).eval()
     try:
-        inputs = TensorDataset(*tensors.tensors[:-1])
-        for batch in DataLoader(inputs, batch_size=batch_size):
-            model(*(t.to(device) for t in batch))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            cut = max(int(lengths[rows].max()), 1) if right_padded else width
+            model(*(t[rows, :cut].to(device) for t in inputs))
     finally:
         hook.remove()
         model.train(was_training)
-    return torch.cat(captured)
+    pieces = [
+        nn.functional.pad(c, (0, 0, 0, width - c.shape[1])) if c.dim() == 3 else c for c in captured
+    ]
+    features = torch.empty((len(order), *pieces[0].shape[1:]), dtype=pieces[0].dtype)
+    features[order] = torch.cat(pieces)
+    return features
 
 
 def cached_features(
