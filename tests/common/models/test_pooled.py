@@ -127,3 +127,38 @@ def test_saved_pooled_model_reloads_with_from_pretrained(tiny_bert, tmp_path):
     )
     remote = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
     torch.testing.assert_close(remote, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+def test_lora_on_a_mean_pooled_classifier_trains_saves_and_reloads_merged(tiny_bert, tmp_path):
+    from client.training import DpSgdSettings, train_locally
+    from common.models.text import LoraSettings
+
+    model, tokenizer = load_text_classifier(
+        str(tiny_bert), 2, lora=LoraSettings(r=4), device="cpu", pooling="mean"
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trainable) and any("classifier" in n for n in trainable)
+    assert not any("embeddings" in n or "pooler" in n for n in trainable)
+    data, _ = encode_texts(tokenizer, TEXTS * 3, [0, 1, 0, 1] * 3, 16)
+    result = train_locally(
+        model,
+        data,
+        batch_size=6,
+        epochs=1,
+        learning_rate=0.1,
+        dp=DpSgdSettings(0.5, 1.0),
+        device="cpu",
+        seed=0,
+    )
+    assert result.num_steps == 2
+    save_model(model, tmp_path, tokenizer)
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    assert isinstance(merged, PooledEncoderForSequenceClassification)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            TextClassifier(merged).eval()(*data.tensors[:-1]),
+            model.eval()(*data.tensors[:-1]),
+            atol=1e-5,
+            rtol=0,
+        )
