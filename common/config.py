@@ -140,6 +140,10 @@ class RunSettings:
             f"finetune must be one of {FINETUNE_MODES} (or unset: lora), got {self.finetune!r}",
         )
         _require(
+            not self.finetune or self.model == "text",
+            f"finetune={self.finetune!r} applies to model='text' (a tabular model trains whole)",
+        )
+        _require(
             self.pooling in POOLING_CHOICES,
             f"pooling must be one of {POOLING_CHOICES}, got {self.pooling!r}",
         )

@@ -102,6 +102,7 @@ def test_nan_is_rejected_naming_the_key(key):
         ({"min-train-nodes": 0}, "min-train-nodes"),
         ({"lora-target-modules": " , "}, "lora-target-modules"),
         ({"outside-tag-weight": 0.0}, "outside-tag-weight"),
+        ({"finetune": "head", "model": "mlp"}, "finetune"),
         ({"pooling": "pooler", "normalize": True}, "normalize"),
         ({"server-optimizer": "fedadam", "aggregation": "median"}, "server-optimizer"),
         ({"server-optimizer": "fedavgm", "server-momentum": 1.0}, "server-momentum"),
@@ -305,8 +306,8 @@ def test_a_missing_policy_file_is_named(tmp_path):
     [
         ({}, "lora"),
         ({"lora": False}, "full"),
-        ({"finetune": "head"}, "head"),
-        ({"finetune": "full", "lora": True}, "full"),
+        ({"finetune": "head", "model": "text"}, "head"),
+        ({"finetune": "full", "lora": True, "model": "text"}, "full"),
     ],
 )
 def test_finetune_unset_follows_lora_so_old_configs_keep_working(overrides, mode):
