@@ -34,7 +34,7 @@ from common.protocol import (
     TRAIN_METRIC_KEYS,
     TRAINED,
 )
-from common.task import build_model, check_model_fits, to_tensors
+from common.task import build_model, check_model_fits, head_features, to_tensors
 
 log = logging.getLogger("fedpriv.client")
 
@@ -48,7 +48,10 @@ def site_model(
     """The run's model holding the server's ``weights``, and the site's tensors for ``split``.
 
     The base model (e.g. frozen BERT weights) is loaded once per process and reused; only the
-    trainable parameters are replaced each round.
+    trainable parameters are replaced each round. In head mode (``finetune="head"``) the model
+    is the head alone (FeatureHead, the same trainable names) and the tensors are the frozen
+    encoder's features of the records, encoded once and cached under
+    ``$FEDPRIV_CACHE/features/``.
     """
     records = site.data.train if split == "train" else site.data.validation
     check_model_fits(site.settings, records)
@@ -58,7 +61,22 @@ def site_model(
     model, tokenizer = _base_model(site.settings, schema, site.device)
     load_trainable_state(model, weights)
     tensors, truncated = _tensors(records, tokenizer, site.settings.max_length)
+    if records.kind == "tokens" and site.settings.outside_tag_weight != 1.0:
+        # public per-tag loss weights (TokenCrossEntropy): w = outside-tag-weight on "O", else 1
+        tensors.tag_weights = [  # type: ignore[attr-defined]
+            site.settings.outside_tag_weight if name == "O" else 1.0 for name in records.class_names
+        ]
+    if site.settings.model == "text" and site.settings.finetune_mode == "head":
+        head, features = _head_features(site.settings, model, tensors, site.device)
+        return head, features, truncated
     return model, tensors, truncated
+
+
+@lru_cache(maxsize=8)
+def _head_features(
+    settings: RunSettings, model: nn.Module, tensors: TensorDataset, device: torch.device
+) -> tuple[nn.Module, TensorDataset]:
+    return head_features(settings, model, tensors, device)
 
 
 @lru_cache(maxsize=2)

@@ -132,7 +132,11 @@ def _generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Ge
 
 class TokenCrossEntropy(nn.Module):
     """Cross-entropy of a token classifier with one loss per example: logits [B, T, C], labels
-    [B, T]; example b's loss is the mean over its own scored tokens (labels != ignore_index).
+    [B, T]; example b's loss is the mean over its own scored tokens (labels != ignore_index),
+    weighted by tag when ``weight`` (w, one per tag) is given:
+    loss_b = sum_t w[y_bt] CE_bt / sum_t w[y_bt]. A weight below 1 on the O tag keeps the
+    entity tokens from drowning in a sentence's loss; the weights are public settings, never
+    counted from the data, so each loss stays a function of its own sentence (per-example DP).
 
     Our own (a few lines) because torch's CrossEntropyLoss(ignore_index) divides by the batch's
     total token count, which couples examples: DP-SGD needs each example's gradient to depend on
@@ -141,10 +145,18 @@ class TokenCrossEntropy(nn.Module):
     the per-example losses (the same per-sequence mean its own ``shape=`` path computes).
     """
 
-    def __init__(self, reduction: str = "mean", ignore_index: int = -100) -> None:
+    def __init__(
+        self,
+        reduction: str = "mean",
+        ignore_index: int = -100,
+        weight: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.reduction = reduction
         self.ignore_index = ignore_index
+        if weight is not None and not (weight.dim() == 1 and bool((weight > 0).all())):
+            raise ValueError(f"tag weights must be a vector of positive numbers, got {weight}")
+        self.weight = weight
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         per_token = nn.functional.cross_entropy(
@@ -153,8 +165,15 @@ class TokenCrossEntropy(nn.Module):
             ignore_index=self.ignore_index,
             reduction="none",
         ).view(labels.shape)
-        scored = (labels != self.ignore_index).sum(dim=1).clamp(min=1)
-        per_example = per_token.sum(dim=1) / scored
+        scored = labels != self.ignore_index
+        if self.weight is None:
+            token_weight = scored.to(per_token.dtype)
+        else:
+            w = self.weight.to(per_token.device, per_token.dtype)
+            token_weight = torch.where(scored, w[labels.clamp(min=0)], 0.0)
+        per_example = (per_token * token_weight).sum(dim=1) / token_weight.sum(dim=1).clamp(
+            min=torch.finfo(per_token.dtype).tiny
+        )
         if self.reduction == "none":
             return per_example
         if self.reduction == "sum":
@@ -165,10 +184,14 @@ class TokenCrossEntropy(nn.Module):
 
 
 def make_criterion(dataset: Dataset) -> nn.Module:
-    """Cross-entropy per example: token-level (TokenCrossEntropy) when a record's label is a
-    sequence of tags, else torch's CrossEntropyLoss."""
+    """Cross-entropy per example: token-level (TokenCrossEntropy, with the dataset's public
+    ``tag_weights`` when it has them) when a record's label is a sequence of tags, else torch's
+    CrossEntropyLoss."""
     token_level = dataset[0][-1].dim() > 0
-    return TokenCrossEntropy() if token_level else nn.CrossEntropyLoss()
+    if not token_level:
+        return nn.CrossEntropyLoss()
+    weights = getattr(dataset, "tag_weights", None)
+    return TokenCrossEntropy(weight=None if weights is None else torch.as_tensor(weights))
 
 
 HEAD_MODULES = ("classifier", "score")  # Hugging Face names of classification heads

@@ -25,6 +25,9 @@ MODELS = ("mlp", "logreg", "text")
 PARTITIONERS = ("iid", "dirichlet", "natural")
 OPTIMIZERS = ("sgd", "adam")
 GRAD_SAMPLE_MODES = ("auto", "bookkeeping", "ghost", "hooks")
+FINETUNE_MODES = ("head", "lora", "full")
+POOLING_CHOICES = ("auto", "pooler", "mean", "cls")
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
 CLIENT_DP_MODES = ("off", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 # Upper limits of noise and clip settings (beyond them nothing useful is learnt).
@@ -48,11 +51,15 @@ class RunSettings:
     model: str = "mlp"
     model_name_or_path: str = ""
     pooler_init: str = "pretrained"
+    pooling: str = "auto"
+    normalize: bool = False
+    finetune: str = ""
     lora: bool = True
     lora_r: int = 8
     lora_alpha: int = 16
     lora_target_modules: str = "query,value"
     max_length: int = 64
+    outside_tag_weight: float = 1.0
     local_epochs: int = 1
     local_steps: int = 0
     batch_size: int = 32
@@ -75,6 +82,12 @@ class RunSettings:
     evaluate_with_train: bool = False
     max_update_norm: float = 0.0
     aggregation: str = "fedavg"
+    server_optimizer: str = "fedavg"
+    server_learning_rate: float = 0.0
+    server_momentum: float = 0.9
+    server_beta_1: float = 0.9
+    server_beta_2: float = 0.99
+    server_tau: float = 1e-3
     trim_fraction: float = 0.2
     malicious_sites: int = 0
     client_dp: str = "off"
@@ -107,6 +120,11 @@ class RunSettings:
         return settings
 
     @property
+    def finetune_mode(self) -> str:
+        """ "head" (frozen encoder), "lora" or "full"; ``finetune`` unset ("") follows ``lora``."""
+        return self.finetune or ("lora" if self.lora else "full")
+
+    @property
     def lora_targets(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.lora_target_modules.split(",") if t.strip())
 
@@ -117,6 +135,22 @@ class RunSettings:
         _require(
             self.pooler_init in ("pretrained", "identity"),
             "pooler-init must be 'pretrained' or 'identity'",
+        )
+        _require(
+            self.finetune in ("", *FINETUNE_MODES),
+            f"finetune must be one of {FINETUNE_MODES} (or unset: lora), got {self.finetune!r}",
+        )
+        _require(
+            not self.finetune or self.model == "text",
+            f"finetune={self.finetune!r} applies to model='text' (a tabular model trains whole)",
+        )
+        _require(
+            self.pooling in POOLING_CHOICES,
+            f"pooling must be one of {POOLING_CHOICES}, got {self.pooling!r}",
+        )
+        _require(
+            not self.normalize or self.pooling in ("auto", "mean", "cls"),
+            "normalize (L2 norm of the pooled vector) needs pooling 'auto', 'mean' or 'cls'",
         )
         _require(_positive(self.dirichlet_alpha), "dirichlet-alpha must be a finite number > 0")
         _require(0 < self.validation_fraction < 1, "validation-fraction must be in (0, 1)")
@@ -139,6 +173,11 @@ class RunSettings:
             "head-learning-rate must be a finite number > 0 (0 = learning-rate)",
         )
         _require(self.max_length >= 8, "max-length must be >= 8 tokens")
+        _require(
+            _positive(self.outside_tag_weight) and self.outside_tag_weight <= 1e3,
+            "outside-tag-weight (the NER loss weight of the O tag; entity tags weigh 1) must be "
+            f"in (0, 1000], got {self.outside_tag_weight}",
+        )
         _require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora-r and lora-alpha must be >= 1")
         _require(bool(self.lora_targets), "lora-target-modules must name at least one module")
         _require(
@@ -168,6 +207,7 @@ class RunSettings:
             self.aggregation in AGGREGATIONS,
             f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}",
         )
+        self._validate_server_optimizer()
         _require(0 <= self.trim_fraction < 0.5, "trim-fraction must be in [0, 0.5)")
         _require(self.malicious_sites >= 0, "malicious-sites must be >= 0")
         self._validate_client_dp()
@@ -185,6 +225,31 @@ class RunSettings:
             not self.resume or bool(self.run_name),
             "resume=true needs the run-name of the run to resume",
         )
+
+    def _validate_server_optimizer(self) -> None:
+        _require(
+            self.server_optimizer in SERVER_OPTIMIZERS,
+            f"server-optimizer must be one of {SERVER_OPTIMIZERS}, got {self.server_optimizer!r}",
+        )
+        if self.server_optimizer == "fedavg":
+            return
+        _require(
+            self.aggregation == "fedavg",
+            f"server-optimizer={self.server_optimizer} steps from the weighted mean of the "
+            f"updates: it needs aggregation='fedavg', got {self.aggregation!r}",
+        )
+        _require(
+            not self.secure_aggregation,
+            "server-optimizer other than fedavg is not combined with secure-aggregation yet",
+        )
+        _require(
+            self.server_learning_rate == 0 or _positive(self.server_learning_rate),
+            "server-learning-rate must be a finite number > 0 (0 = Flower's default)",
+        )
+        _require(0 <= self.server_momentum < 1, "server-momentum must be in [0, 1)")
+        _require(0 <= self.server_beta_1 < 1, "server-beta-1 must be in [0, 1)")
+        _require(0 <= self.server_beta_2 < 1, "server-beta-2 must be in [0, 1)")
+        _require(_positive(self.server_tau), "server-tau must be a finite number > 0")
 
     def _validate_client_dp(self) -> None:
         _require(

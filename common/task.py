@@ -42,6 +42,38 @@ def check_model_fits(settings: RunSettings, data: LabeledData) -> None:
             "pooler-init applies to sequence classification only; a token classifier has no "
             "pooler: use pooler-init='pretrained'"
         )
+    if data.kind == "tokens" and (settings.pooling != "auto" or settings.normalize):
+        raise ConfigError(
+            "pooling and normalize apply to sequence classification only; a token classifier "
+            "reads every token: leave pooling='auto' and normalize=false"
+        )
+
+
+def text_pooling(settings: RunSettings, data: LabeledData) -> tuple[str, bool]:
+    """(pooling, normalize) the run's sequence classifier uses: ``pooling`` ("auto" = the
+    checkpoint's own, e.g. mean + L2 for all-MiniLM-L6-v2; with pooler-init='identity' the
+    pooler), L2 norm also when ``normalize``. Token classifiers: ("pooler", False), unused."""
+    if data.kind != "text":
+        return "pooler", False
+    from common.models.text import resolve_pooling
+
+    if settings.pooler_init != "pretrained":
+        if settings.pooling not in ("auto", "pooler"):
+            raise ConfigError(
+                f"pooler-init={settings.pooler_init!r} initialises BERT's pooler: it needs "
+                f"pooling='pooler' (or 'auto'), got {settings.pooling!r}"
+            )
+        return "pooler", False
+    try:
+        pooling, normalize = resolve_pooling(model_source(settings), settings.pooling)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if pooling == "pooler" and settings.normalize:
+        raise ConfigError(
+            "normalize needs mean or CLS pooling; this checkpoint has none of its own: set "
+            "pooling='mean' or 'cls'"
+        )
+    return pooling, normalize or settings.normalize
 
 
 def build_model(
@@ -50,15 +82,18 @@ def build_model(
     """A fresh model for ``data``'s shape, identical for every caller with the same settings.
 
     Tabular: seeded MLP / logistic regression. Text: the pretrained encoder from
-    ``model_source`` with a new head, LoRA adapters when ``lora`` (seeded the same way): a
-    sequence classifier for text data, a token classifier (one tag per word) for tokens data.
-    Under DP (``dp``) the word-embedding table stays frozen unless ``freeze-word-embeddings`` is
-    false.
+    ``model_source`` with a new head (pooled as ``text_pooling`` says), LoRA adapters when
+    ``finetune_mode`` is "lora" (seeded the same way), only the head trainable when it is
+    "head": a sequence classifier for text data, a token classifier (one tag per word) for
+    tokens data.
+    Under DP (``dp``) full fine-tuning keeps the word-embedding table frozen unless
+    ``freeze-word-embeddings`` is false.
     """
     check_model_fits(settings, data)
     if data.kind in ("text", "tokens"):
         from common.models.text import LoraSettings, load_text_classifier
 
+        mode = settings.finetune_mode
         lora = (
             LoraSettings(
                 r=settings.lora_r,
@@ -66,9 +101,10 @@ def build_model(
                 dropout=0.0,
                 target_modules=settings.lora_targets,
             )
-            if settings.lora
+            if mode == "lora"
             else None
         )
+        pooling, normalize = text_pooling(settings, data)
         return load_text_classifier(
             model_source(settings),
             data.num_classes,
@@ -76,7 +112,12 @@ def build_model(
             device=device,
             seed=settings.seed,
             pooler_init=settings.pooler_init,
-            freeze_word_embeddings=settings.freeze_word_embeddings and settings.dp,
+            freeze_word_embeddings=settings.freeze_word_embeddings
+            and settings.dp
+            and mode == "full",
+            pooling=pooling,
+            normalize=normalize,
+            freeze_encoder=mode == "head",
             **(
                 {"task": "tokens", "label_names": data.class_names} if data.kind == "tokens" else {}
             ),
@@ -112,6 +153,26 @@ def to_tensors(
     from common.models.text import encode_texts
 
     return encode_texts(tokenizer, data.texts, data.labels, max_length)
+
+
+def head_features(
+    settings: RunSettings, model: nn.Module, tensors: TensorDataset, device: torch.device | str
+) -> tuple[nn.Module, TensorDataset]:
+    """Head mode (``finetune="head"``): the model's head alone (FeatureHead: same trainable
+    names, shared parameters) and the frozen encoder's features of ``tensors``, encoded once
+    and cached under ``$FEDPRIV_CACHE/features/`` (common/models/features.py)."""
+    from common.data.assets import cache_dir
+    from common.models.features import FeatureHead, cached_features, model_files_digest
+
+    features = cached_features(
+        model,  # type: ignore[arg-type]
+        tensors,
+        model_files=model_files_digest(model_source(settings)),
+        max_length=settings.max_length,
+        cache=cache_dir() / "features",
+        device=device,
+    )
+    return FeatureHead(model), features  # type: ignore[arg-type]
 
 
 def pick_device() -> torch.device:

@@ -28,7 +28,7 @@ from common.group_counts import sensitive_values
 from common.models.save import save_model
 from common.models.weights import load_trainable_state, trainable_state, weights_digest
 from common.protocol import from_array_record, to_array_record
-from common.task import build_model, pick_device, to_tensors
+from common.task import build_model, head_features, pick_device, to_tensors
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server.client_dp import client_level_dp_summary, with_client_dp
 from server.final_evaluation import run_final_evaluation
@@ -86,12 +86,20 @@ class FederatedRun:
             if settings.server_eval
             else None
         )
+        self.eval_model = self.model  # head mode: the head on the encoder's cached features
+        if self.test_tensors is not None and settings.model == "text":
+            if settings.finetune_mode == "head":
+                self.eval_model, self.test_tensors = head_features(
+                    settings, self.model, self.test_tensors, self.device
+                )
         by = settings.partition_by if settings.partitioner == "natural" else ""
         names = dict(enumerate(natural_partition_values(pool, by))) if by else {}
         done = self.checkpoint.completed_round if self.checkpoint else 0
         self.strategy = make_strategy(
             settings.aggregation,
+            settings.server_optimizer,
             **_aggregation_options(settings),
+            **_server_optimizer_options(settings),
             site_names=names,
             round_offset=done,
             max_update_norm=settings.max_update_norm,
@@ -188,7 +196,7 @@ class FederatedRun:
         if self.test_tensors is not None:
             load_trainable_state(self.model, state)
             result = evaluate(
-                self.model, self.test_tensors, device=self.device, tag_names=self.tag_names
+                self.eval_model, self.test_tensors, device=self.device, tag_names=self.tag_names
             )
             rec.server_eval = {"loss": result.loss, "accuracy": result.accuracy}
             if result.gold_tags is not None and result.predicted_tags is not None:
@@ -298,7 +306,7 @@ class FederatedRun:
         if self.tag_names is None or self.test_tensors is None:
             return None
         result = evaluate(
-            self.model, self.test_tensors, device=self.device, tag_names=self.tag_names
+            self.eval_model, self.test_tensors, device=self.device, tag_names=self.tag_names
         )
         assert result.gold_tags is not None and result.predicted_tags is not None
         gold, predicted = result.gold_tags, result.predicted_tags
@@ -335,6 +343,23 @@ def _aggregation_options(settings: RunSettings) -> dict[str, Any]:
         return options
     if settings.client_dp != "off":  # DP-FedAvg: noise is calibrated to an unweighted mean
         return {"uniform_weights": True}
+    return {}
+
+
+def _server_optimizer_options(settings: RunSettings) -> dict[str, Any]:
+    """The server optimizer's parameters (Flower's names); server-learning-rate 0 keeps
+    Flower's default (FedAvgM 1.0, FedAdam/FedYogi 0.1)."""
+    lr = settings.server_learning_rate
+    if settings.server_optimizer == "fedavgm":
+        return {"server_momentum": settings.server_momentum} | (
+            {"server_learning_rate": lr} if lr else {}
+        )
+    if settings.server_optimizer in ("fedadam", "fedyogi"):
+        return {
+            "beta_1": settings.server_beta_1,
+            "beta_2": settings.server_beta_2,
+            "tau": settings.server_tau,
+        } | ({"eta": lr} if lr else {})
     return {}
 
 

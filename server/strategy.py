@@ -8,11 +8,21 @@ from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+)
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from common.entities import federated_entity_scores, is_count_key
@@ -143,7 +153,21 @@ class PrivacyAware(FedAvg):
             self.weighted_by_key = weighted_by
         rec = self.record(server_round + self.round_offset)
         rec.train = {k: v for k, v in (metrics or {}).items() if k == "train-loss"}
+        if arrays is not None and self._global is not None:
+            arrays = self._as_sent(arrays)
         return arrays, metrics
+
+    def _as_sent(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The new global model in the dtypes the round sent (Flower's FedAdam/FedYogi step in
+        float64: the sites' float32 replies would then fail the dtype check next round)."""
+        assert self._global is not None
+        sent = self._global
+        return ArrayRecord(
+            {
+                k: Array(np.asarray(a.numpy(), dtype=sent[k].dtype) if k in sent else a.numpy())
+                for k, a in arrays.items()
+            }
+        )
 
     def accept(
         self,
@@ -334,6 +358,31 @@ class PrivacyAwareFedAvg(PrivacyAware, FedAvg):
     """Weighted federated averaging (FedAvg) of the accepted replies."""
 
 
+class PrivacyAwareFedAvgM(PrivacyAware, FedAvgM):
+    """FedAvg with server momentum (Hsu et al. 2019): with the pseudo-gradient
+    g = w - mean(w_site), v <- beta v + g and w <- w - eta v (Flower's FedAvgM)."""
+
+
+class PrivacyAwareFedAdam(PrivacyAware, FedAdam):
+    """Adam on the server (Reddi et al. 2021) over the mean update delta = mean(w_site) - w:
+    m <- b1 m + (1 - b1) delta, v <- b2 v + (1 - b2) delta^2, w <- w + eta m / (sqrt(v) + tau)
+    (Flower's FedAdam, with its bias-corrected eta)."""
+
+
+class PrivacyAwareFedYogi(PrivacyAware, FedYogi):
+    """Yogi on the server (Reddi et al. 2021): as FedAdam but
+    v <- v - (1 - b2) delta^2 sign(v - delta^2) (Flower's FedYogi)."""
+
+
+# server-optimizer -> the privacy-aware strategy that applies it after the weighted mean
+SERVER_OPTIMIZERS: dict[str, type[PrivacyAware]] = {
+    "fedavg": PrivacyAwareFedAvg,
+    "fedavgm": PrivacyAwareFedAvgM,
+    "fedadam": PrivacyAwareFedAdam,
+    "fedyogi": PrivacyAwareFedYogi,
+}
+
+
 # aggregation -> Flower strategy whose aggregate_train combines the accepted replies
 AGGREGATIONS: dict[str, type[FedAvg]] = {
     "fedavg": FedAvg,
@@ -344,13 +393,26 @@ AGGREGATIONS: dict[str, type[FedAvg]] = {
 }
 
 
-def make_strategy(aggregation: str, **kwargs: Any) -> PrivacyAware:
-    """The privacy-aware strategy on top of Flower's ``aggregation`` (see AGGREGATIONS); extra
-    keyword arguments go to it (e.g. beta, num_malicious_nodes, num_nodes_to_select)."""
+def make_strategy(
+    aggregation: str, server_optimizer: str = "fedavg", **kwargs: Any
+) -> PrivacyAware:
+    """The privacy-aware strategy on top of Flower's ``aggregation`` (see AGGREGATIONS), or,
+    for ``aggregation="fedavg"``, of the ``server_optimizer`` (see SERVER_OPTIMIZERS); extra
+    keyword arguments go to it (e.g. beta, num_malicious_nodes, num_nodes_to_select;
+    server_learning_rate, server_momentum; eta, beta_1, beta_2, tau)."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}")
+    if server_optimizer not in SERVER_OPTIMIZERS:
+        raise ValueError(
+            f"server-optimizer must be one of {sorted(SERVER_OPTIMIZERS)}, got {server_optimizer!r}"
+        )
+    if server_optimizer != "fedavg" and aggregation != "fedavg":
+        raise ValueError(
+            f"server-optimizer={server_optimizer!r} steps from the weighted mean: it needs "
+            f"aggregation='fedavg', got {aggregation!r}"
+        )
     base = AGGREGATIONS[aggregation]
     if base is FedAvg:
-        return PrivacyAwareFedAvg(**kwargs)
+        return SERVER_OPTIMIZERS[server_optimizer](**kwargs)
     cls = type(f"PrivacyAware{base.__name__}", (PrivacyAware, base), {})
     return cls(**kwargs)

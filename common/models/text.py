@@ -1,8 +1,10 @@
-"""Hugging Face sequence and token classifiers (full fine-tuning or LoRA); encoding of texts."""
+"""Hugging Face sequence and token classifiers (full fine-tuning, LoRA or a head on a frozen
+encoder), pooled the way the checkpoint was trained; encoding of texts."""
 
 from __future__ import annotations
 
 import inspect
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +16,8 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 from torch.utils.data import TensorDataset
 from transformers import (
+    AutoConfig,
+    AutoModel,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -21,6 +25,25 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 from transformers import logging as hf_logging
+
+from common.models.pooled import (
+    POOLINGS,
+    PooledEncoderConfig,
+    PooledEncoderForSequenceClassification,
+)
+
+# Saved pooled classifiers load with plain ``AutoModelForSequenceClassification.from_pretrained``
+# once this module is imported; ``register_for_auto_class`` writes ``auto_map`` and copies
+# common/models/pooled.py next to the weights, so ``trust_remote_code=True`` loads them anywhere.
+AutoConfig.register(PooledEncoderConfig.model_type, PooledEncoderConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(
+    PooledEncoderConfig, PooledEncoderForSequenceClassification, exist_ok=True
+)
+PooledEncoderConfig.register_for_auto_class()
+PooledEncoderForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+# "pooler": the architecture's own head (BERT: tanh(W h_CLS + b)); "mean"/"cls": see pooled.py
+POOLING_CHOICES = ("auto", "pooler", *POOLINGS)
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,9 @@ def load_text_classifier(
     task: str = "sequence",
     label_names: Sequence[str] | None = None,
     freeze_word_embeddings: bool = False,
+    pooling: str = "pooler",
+    normalize: bool = False,
+    freeze_encoder: bool = False,
 ) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
     """Load a pretrained encoder with a fresh ``num_labels``-way head, plus its tokenizer.
 
@@ -155,7 +181,22 @@ def load_text_classifier(
     freeze_word_embeddings: keep the word-embedding table (MiniLM: 11.7M of 22.7M parameters)
         at its pretrained values in full fine-tuning: it neither trains nor travels (LoRA
         freezes it anyway). Under DP-SGD this costs no privacy: fewer parameters are released.
+    pooling: how a sequence classifier reads the encoder: "pooler" (the architecture's own
+        Hugging Face head), "mean" or "cls" (PooledEncoderForSequenceClassification); see
+        ``resolve_pooling`` for the checkpoint's own choice. normalize: L2-normalise the pooled
+        vector ("mean"/"cls" only).
+    freeze_encoder: train the classification head only (frozen-encoder "head" mode; no LoRA).
     """
+    if pooling not in ("pooler", *POOLINGS):
+        raise ValueError(f"pooling must be one of {('pooler', *POOLINGS)}, got {pooling!r}")
+    if pooling != "pooler" and (task != "sequence" or pooler_init != "pretrained"):
+        raise ValueError(
+            f"pooling={pooling!r} applies to sequence classification without pooler-init"
+        )
+    if normalize and pooling == "pooler":
+        raise ValueError("normalize applies to pooling 'mean' or 'cls', not 'pooler'")
+    if freeze_encoder and lora is not None:
+        raise ValueError("a frozen encoder trains the head only: pass lora=None")
     if pooler_init not in POOLER_INITS:
         raise ValueError(f"pooler_init must be one of {POOLER_INITS}, got {pooler_init!r}")
     if task not in TASKS:
@@ -179,9 +220,12 @@ def load_text_classifier(
             verbosity = hf_logging.get_verbosity()
             hf_logging.set_verbosity_error()  # the head is new by design: no "MISSING" report
             try:
-                model = auto_class.from_pretrained(
-                    name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True, **names
-                )
+                if pooling == "pooler":
+                    model = auto_class.from_pretrained(
+                        name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True, **names
+                    )
+                else:
+                    model = _pooled_classifier(name_or_path, num_labels, pooling, normalize, names)
             finally:
                 hf_logging.set_verbosity(verbosity)
         except (OSError, ValueError) as err:
@@ -217,7 +261,77 @@ def load_text_classifier(
             for name, param in model.named_parameters():
                 if ".pooler." in f".{name}":
                     param.requires_grad_(False)  # fixed identity: it never travels
+    if freeze_encoder:
+        head = head_module(model)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        head.requires_grad_(True)
     return TextClassifier(model).to(device), tokenizer
+
+
+def _pooled_classifier(
+    name_or_path: str, num_labels: int, pooling: str, normalize: bool, names: dict
+) -> PooledEncoderForSequenceClassification:
+    """The pretrained encoder under a fresh mean/CLS-pooled head (seeded by the caller)."""
+    encoder = AutoModel.from_pretrained(name_or_path)
+    config = PooledEncoderConfig(
+        encoder=encoder.config,
+        pooling=pooling,
+        normalize=normalize,
+        num_labels=num_labels,
+        **names,
+    )
+    model = PooledEncoderForSequenceClassification(config)
+    missing, _ = model.encoder.load_state_dict(encoder.state_dict(), strict=False)
+    if missing:  # only the unused pooler may be left out
+        raise ValueError(f"encoder weights of {name_or_path!r} miss {missing[:5]}")
+    return model
+
+
+def head_module(model: nn.Module) -> nn.Module:
+    """The classification head of a Hugging Face classifier (``classifier`` or ``score``)."""
+    for name in HEAD_NAMES:
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ValueError(f"{type(model).__name__} has no classification head named {HEAD_NAMES}")
+
+
+HEAD_NAMES = ("classifier", "score")
+
+
+def resolve_pooling(name_or_path: str, pooling: str) -> tuple[str, bool]:
+    """(pooling, normalize) for ``pooling`` ("auto" = what the checkpoint was trained with).
+
+    A sentence-transformers checkpoint says so in ``modules.json``: its Pooling module's
+    ``1_Pooling/config.json`` (mean or CLS token) and a Normalize module (L2 norm); the packaged
+    all-MiniLM-L6-v2 gives ("mean", True). Any other checkpoint: ("pooler", False), the
+    architecture's own Hugging Face head. An explicit choice is returned with normalize False.
+    """
+    if pooling not in POOLING_CHOICES:
+        raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {pooling!r}")
+    if pooling != "auto":
+        return pooling, False
+    root = Path(name_or_path).expanduser()
+    modules_file = root / "modules.json"
+    if not modules_file.is_file():
+        return "pooler", False
+    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules}
+    if "Pooling" not in kinds:
+        return "pooler", False
+    config_file = root / str(kinds["Pooling"].get("path", "")) / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    if config.get("pooling_mode_mean_tokens"):
+        mode = "mean"
+    elif config.get("pooling_mode_cls_token"):
+        mode = "cls"
+    else:
+        raise ValueError(
+            f"{config_file}: the checkpoint's pooling {config} is neither mean nor CLS; set "
+            "pooling='mean', 'cls' or 'pooler' explicitly"
+        )
+    return mode, "Normalize" in kinds
 
 
 POOLER_INITS = ("pretrained", "identity")

@@ -379,3 +379,76 @@ def test_ghost_clipping_equals_per_example_clipping_for_tokens(tiny_bert):
     a, b = trainable_state(models[0][0]), trainable_state(models[1][0])
     for key, value in a.items():
         np.testing.assert_allclose(b[key], value, atol=1e-5, rtol=0, err_msg=key)
+
+
+def test_weighted_token_loss_is_each_sentences_own_weighted_mean():
+    logits = torch.randn(3, 5, 4)
+    labels = torch.tensor([[-100, 1, 0, 0, -100], [-100, 0, -100, -100, -100], [3, 0, 0, 2, 0]])
+    weight = torch.tensor([0.1, 1.0, 1.0, 1.0])  # O (tag 0) weighs 0.1
+    loss = training.TokenCrossEntropy(reduction="none", weight=weight)
+    per_example = loss(logits, labels)
+    for b in range(3):
+        scored = labels[b] != -100
+        ce = torch.nn.functional.cross_entropy(
+            logits[b][scored], labels[b][scored], reduction="none"
+        )
+        w = weight[labels[b][scored]]
+        torch.testing.assert_close(per_example[b], (w * ce).sum() / w.sum())
+    changed_logits, changed_labels = logits.clone(), labels.clone()
+    changed_logits[1] += torch.randn(5, 4)  # another sentence: its words and tags
+    changed_labels[1, 1] = 2
+    after = loss(changed_logits, changed_labels)
+    assert after[1] != per_example[1]
+    assert torch.equal(after[[0, 2]], per_example[[0, 2]])  # the others' losses do not move
+    with pytest.raises(ValueError, match="positive"):
+        training.TokenCrossEntropy(weight=torch.tensor([0.0, 1.0]))
+
+
+def test_dataset_tag_weights_choose_the_weighted_token_loss():
+    data = TensorDataset(torch.randn(4, 3, 2), torch.zeros(4, 3, dtype=torch.long))
+    assert training.make_criterion(data).weight is None
+    data.tag_weights = [0.2, 1.0]
+    torch.testing.assert_close(training.make_criterion(data).weight, torch.tensor([0.2, 1.0]))
+
+
+@pytest.mark.parametrize("task", ["sequence", "tokens"])
+def test_head_mode_dp_step_without_noise_or_clipping_is_the_plain_step(tiny_bert, tmp_path, task):
+    from common.models.features import FeatureHead, cached_features
+
+    models = [
+        load_text_classifier(
+            str(tiny_bert),
+            5,
+            lora=None,
+            device="cpu",
+            task=task,
+            freeze_encoder=True,
+            **({"pooling": "mean", "normalize": True} if task == "sequence" else {}),
+        )
+        for _ in range(2)
+    ]
+    tokenizer = models[0][1]
+    if task == "tokens":
+        data = _tagged(tokenizer, 12)
+        data.tag_weights = [0.3, 1.0, 1.0, 1.0, 2.0]
+    else:
+        data, _ = encode_texts(
+            tokenizer,
+            [" ".join(WORDS[i : i + 3]) for i in range(12)],
+            [i % 5 for i in range(12)],
+            16,
+        )
+    features = cached_features(
+        models[0][0], data, model_files="tiny", max_length=16, cache=tmp_path, device="cpu"
+    )
+    heads = [FeatureHead(m) for m, _ in models]
+    kwargs = dict(batch_size=12, epochs=1, learning_rate=0.5, device="cpu", seed=0)  # q = 1
+    before = trainable_state(models[0][0])
+    train_locally(heads[0], features, dp=None, **kwargs)
+    result = train_locally(heads[1], features, dp=DpSgdSettings(0.0, 1e6), **kwargs)
+    assert result.num_steps == 1
+    after_plain, after_private = trainable_state(models[0][0]), trainable_state(models[1][0])
+    assert set(after_plain) == {"model.classifier.weight", "model.classifier.bias"}
+    assert _changed(before, after_plain) == set(before)
+    for key, value in after_plain.items():
+        np.testing.assert_allclose(after_private[key], value, atol=1e-6, rtol=0, err_msg=key)

@@ -101,6 +101,12 @@ def test_nan_is_rejected_naming_the_key(key):
         ({"fraction-train": 1.01}, "fraction-train"),
         ({"min-train-nodes": 0}, "min-train-nodes"),
         ({"lora-target-modules": " , "}, "lora-target-modules"),
+        ({"outside-tag-weight": 0.0}, "outside-tag-weight"),
+        ({"finetune": "head", "model": "mlp"}, "finetune"),
+        ({"pooling": "pooler", "normalize": True}, "normalize"),
+        ({"server-optimizer": "fedadam", "aggregation": "median"}, "server-optimizer"),
+        ({"server-optimizer": "fedavgm", "server-momentum": 1.0}, "server-momentum"),
+        ({"server-optimizer": "fedyogi", "server-tau": 0.0}, "server-tau"),
     ],
 )
 def test_impossible_settings_are_rejected_naming_the_key(overrides, key):
@@ -125,6 +131,9 @@ def test_dp_limits_at_the_edges_are_accepted():
         ("partitioner", "shards", "dirichlet"),
         ("model", "resnet", "logreg"),
         ("accountant", "gdp", "rdp"),
+        ("finetune", "adapters", "head"),
+        ("pooling", "max", "mean"),
+        ("server-optimizer", "sgd", "fedyogi"),
     ],
 )
 def test_unknown_choice_is_rejected_listing_the_choices(key, value, choice):
@@ -290,3 +299,16 @@ def test_a_bad_policy_file_is_named_with_the_reason(tmp_path, text, says):
 def test_a_missing_policy_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nowhere.toml"):
         SiteSettings.from_mapping({"policy-file": str(tmp_path / "nowhere.toml")}, "node config")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "mode"),
+    [
+        ({}, "lora"),
+        ({"lora": False}, "full"),
+        ({"finetune": "head", "model": "text"}, "head"),
+        ({"finetune": "full", "lora": True, "model": "text"}, "full"),
+    ],
+)
+def test_finetune_unset_follows_lora_so_old_configs_keep_working(overrides, mode):
+    assert RunSettings.from_run_config(overrides).finetune_mode == mode

@@ -471,3 +471,54 @@ def test_entity_counts_are_summed_and_federated_f1_computed_from_the_sums():
     t.aggregate_train(2, inside)
     assert t.rounds[1].federated_eval["eval-entity-f1"] == pytest.approx(8 / 14)
     assert not any(k.startswith("eval-entity") for k in t.rounds[2].sites["Hungary"])
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "flower_class", "options"),
+    [
+        ("fedavgm", "FedAvgM", {"server_momentum": 0.9, "server_learning_rate": 0.7}),
+        ("fedadam", "FedAdam", {"eta": 0.05, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}),
+        ("fedyogi", "FedYogi", {"eta": 0.05, "beta_1": 0.8, "beta_2": 0.9, "tau": 1e-2}),
+    ],
+)
+def test_server_optimizers_step_as_flowers_reference_strategies(
+    in_a_run, optimizer, flower_class, options
+):
+    import flwr.serverapp.strategy as flower
+
+    from server.strategy import make_strategy
+
+    ours = make_strategy("fedavg", optimizer, min_train_nodes=3, min_available_nodes=1, **options)
+    reference = getattr(flower, flower_class)(min_train_nodes=3, min_available_nodes=1, **options)
+    plain = make_strategy("fedavg", min_train_nodes=3, min_available_nodes=1)
+    rng = np.random.default_rng(0)
+    grid = FakeGrid([11, 12, 13])
+    arrays = {name: global_model() for name in ("ours", "reference", "plain")}
+    for server_round in (1, 2, 3):
+        replies = [
+            trained(
+                11 + i, 10 + 5 * i, i, w(*(rng.normal(1.0, 0.5, s).tolist() for s in (2, (1, 2))))
+            )
+            for i in range(3)
+        ]
+        for name, s in (("ours", ours), ("reference", reference), ("plain", plain)):
+            list(s.configure_train(server_round, arrays[name], ConfigRecord(), grid))
+            arrays[name], _ = s.aggregate_train(server_round, replies)
+        for key in ("layer.weight", "layer.bias"):
+            np.testing.assert_allclose(
+                arrays["ours"][key].numpy(), arrays["reference"][key].numpy(), rtol=0, atol=1e-5
+            )
+            assert arrays["ours"][key].numpy().dtype == np.float32  # as sent: float64 steps cast
+    assert ours.rounds[3].trained_sites == 3  # the privacy records are still kept
+    # the optimizer moved the model somewhere else than the weighted mean would
+    gap = np.abs(arrays["ours"]["layer.weight"].numpy() - arrays["plain"]["layer.weight"].numpy())
+    assert gap.max() > 1e-2
+
+
+def test_a_server_optimizer_needs_the_weighted_mean():
+    from server.strategy import make_strategy
+
+    with pytest.raises(ValueError, match="needs aggregation='fedavg'"):
+        make_strategy("median", "fedadam")
+    with pytest.raises(ValueError, match="server-optimizer must be one of"):
+        make_strategy("fedavg", "sgd-with-hope")
