@@ -20,6 +20,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from client.site_context import Site, build_site
 from common.config import ConfigError, SiteSettings
+from common.models.weights import WeightsMismatchError
 from common.protocol import ARRAYS, CONFIG, DECISION, METRICS, from_array_record, to_array_record
 from common.releases import check_reply
 
@@ -82,6 +83,19 @@ class SiteService:
         config = dict(content.config_records[CONFIG]) if CONFIG in content.config_records else {}
         site = self.site_for(run_config, run_id)
         weights = from_array_record(content.array_records[ARRAYS])
+        try:
+            return self._answer(message_type, site, weights, config, run_config)
+        except WeightsMismatchError as err:  # names and shapes only: safe to say
+            raise SiteRequestError(f"the model sent does not fit this run: {err}") from None
+
+    def _answer(
+        self,
+        message_type: str,
+        site: Site,
+        weights: dict,
+        config: dict[str, Any],
+        run_config: Mapping[str, Any],
+    ) -> RecordDict:
         if message_type == TRAIN:
             from client.client_dp import ClientClippingError, client_clipping
             from client.local_round import run_train_round

@@ -85,13 +85,13 @@ def _check_deployed_policy(policy: SiteSettings) -> None:
     """A deployed site names its data and its own budget: neither may come from the server."""
     if not policy.data_file:
         raise ConfigError(
-            "this SuperNode has no data: start it with --node-config \"data-file='/path/x.csv' "
-            "label-column='label' epsilon-budget=8.0\" (or policy-file='/path/policy.toml')"
+            "this site has no data: name data-file (and label-column) in the policy file "
+            "given to `fedpriv-site serve --policy /etc/fedpriv/policy.toml`"
         )
     if not policy.epsilon_budget:
         raise ConfigError(
-            "this SuperNode has no privacy budget: set epsilon-budget in its --node-config or "
-            "policy file (the lifetime epsilon this dataset may spend, over all runs)"
+            "this site has no privacy budget: set epsilon-budget in the policy file given to "
+            "`fedpriv-site serve` (the lifetime epsilon each record may spend, over all runs)"
         )
 
 

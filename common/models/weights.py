@@ -51,6 +51,11 @@ def _listed(names: list[str], limit: int = 5) -> str:
     return f"{names[:limit]}{more}"
 
 
+class WeightsMismatchError(ValueError):
+    """Received weights that do not fit the model (names, shapes, non-finite values); the
+    message names parameters and shapes only, never values."""
+
+
 def load_trainable_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
     """Copy ``state`` into the trainable parameters of ``model``.
 
@@ -61,7 +66,7 @@ def load_trainable_state(model: nn.Module, state: dict[str, np.ndarray]) -> None
     missing = sorted(params.keys() - state.keys())
     unexpected = sorted(state.keys() - params.keys())
     if missing or unexpected:
-        raise ValueError(
+        raise WeightsMismatchError(
             f"weights do not match the model's {len(params)} trainable parameters: "
             f"missing {_listed(missing)}, unexpected {_listed(unexpected)}"
         )
@@ -71,10 +76,10 @@ def load_trainable_state(model: nn.Module, state: dict[str, np.ndarray]) -> None
         if tuple(np.shape(state[n])) != tuple(p.shape)
     ]
     if mismatched:
-        raise ValueError(f"weight shapes do not match: {_listed(mismatched)}")
+        raise WeightsMismatchError(f"weight shapes do not match: {_listed(mismatched)}")
     not_finite = [n for n in params if not np.isfinite(state[n]).all()]
     if not_finite:
-        raise ValueError(f"weights contain NaN or infinity: {_listed(not_finite)}")
+        raise WeightsMismatchError(f"weights contain NaN or infinity: {_listed(not_finite)}")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(torch.as_tensor(np.asarray(state[n])).to(device=p.device, dtype=p.dtype))
