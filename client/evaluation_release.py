@@ -58,6 +58,43 @@ def release_evaluation(
     return _noisy(site, outcomes, run_key, server_round)
 
 
+def validation_delta(site: Site) -> float:
+    """delta of the validation records' answers: the site's, for its n validation records."""
+    return site_delta(site.policy, site.settings.target_delta, len(site.data.validation))
+
+
+def validation_budget(site: Site) -> float:
+    return site.policy.epsilon_budget or site.settings.target_epsilon
+
+
+def reserve_answer(
+    ledger: PrivacyLedger, site: Site, z: float, purpose: str, run_key: str, server_round: int
+) -> int:
+    """Reserve one Gaussian answer (noise multiplier z) on the validation records against the
+    budget of the oldest of them; BudgetExceededError (nothing recorded) if it cannot afford
+    it. The caller computes the answer, then ``ledger.mark_released(row, 1)``."""
+    return ledger.reserve(
+        site.data.validation_key,
+        run_key,
+        server_round,
+        gaussian_release(z),
+        delta=validation_delta(site),
+        accountant=site.settings.accountant,
+        epsilon_budget=validation_budget(site),
+        since=site.data.validation_since,
+        purpose=purpose,
+        session=site.session,
+    )
+
+
+def non_private_answers_today(ledger: PrivacyLedger) -> int:
+    """Non-private answers (exact evaluation, audit figures) recorded in the last 24 h."""
+    return sum(
+        ledger.policy_releases_since(time.time() - DAY, purpose)
+        for purpose in ("exact-evaluation", "audit-figures")
+    )
+
+
 def vectors(outcomes: RecordOutcomes, loss_bound: float) -> tuple[np.ndarray, float, list[str]]:
     """Per-record vectors, their sensitivity Delta and the entity types (NER) they hold."""
     n = len(outcomes.losses)
@@ -79,23 +116,11 @@ def _noisy(site: Site, outcomes: RecordOutcomes, run_key: str, server_round: int
     policy, data = site.policy, site.data
     z, bound = policy.evaluation_noise_multiplier, policy.evaluation_loss_bound
     rows, sensitivity, types = vectors(outcomes, bound)
-    delta = site_delta(policy, site.settings.target_delta, len(data.validation))
-    budget = policy.epsilon_budget or site.settings.target_epsilon
+    delta = validation_delta(site)
     accountant = site.settings.accountant
     with PrivacyLedger(site.ledger_path) as ledger:
         try:
-            row_id = ledger.reserve(
-                data.validation_key,
-                run_key,
-                server_round,
-                gaussian_release(z),
-                delta=delta,
-                accountant=accountant,
-                epsilon_budget=budget,
-                since=data.validation_since,
-                purpose="evaluation",
-                session=site.session,
-            )
+            row_id = reserve_answer(ledger, site, z, "evaluation", run_key, server_round)
         except BudgetExceededError as err:
             raise EvaluationRefused(BUDGET_EXHAUSTED, f"evaluation refused: {err}") from err
         noisy = gaussian_sum(rows, sensitivity, z, np.random.default_rng(secrets.randbits(128)))
@@ -113,7 +138,7 @@ def _noisy(site: Site, outcomes: RecordOutcomes, run_key: str, server_round: int
         "eval-dp": 1,
         "eval-noise-std": z * sensitivity,  # std of each noisy sum, in records
         "eval-epsilon-spent": spent,
-        "eval-epsilon-budget": budget,
+        "eval-epsilon-budget": validation_budget(site),
         "eval-delta": delta,
     }
     if types:
@@ -127,10 +152,7 @@ def _exact(site: Site, outcomes: RecordOutcomes, run_key: str, server_round: int
     ``max-exact-answers-per-day`` (with audit figures) in any 24 hours."""
     cap = site.policy.max_exact_answers_per_day
     with PrivacyLedger(site.ledger_path) as ledger:
-        used = sum(
-            ledger.policy_releases_since(time.time() - DAY, purpose)
-            for purpose in ("exact-evaluation", "audit-figures")
-        )
+        used = non_private_answers_today(ledger)
         if used >= cap:
             raise EvaluationRefused(
                 RELEASE_REFUSED,

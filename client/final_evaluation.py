@@ -17,20 +17,23 @@ Per-example losses and predictions stay here. Each part refused says why (the re
 from __future__ import annotations
 
 import secrets
-import time
 
 import numpy as np
 
 from client.audit import audit_from_losses
 from client.evaluation import per_example, record_outcomes
-from client.evaluation_release import DAY, EvaluationRefused, release_evaluation
+from client.evaluation_release import (
+    EvaluationRefused,
+    non_private_answers_today,
+    release_evaluation,
+    reserve_answer,
+)
 from client.local_round import Metrics, site_model
 from client.privacy_round import site_delta
 from client.site_context import Site
 from client.site_data import reference_schema
 from common.group_counts import CELLS, sensitive_values, to_metrics
 from common.models.weights import trainable_state
-from common.privacy.gaussian_sum import gaussian_release
 from common.privacy.ledger import BudgetExceededError, PrivacyLedger
 from common.task import build_model
 
@@ -110,24 +113,11 @@ def group_counts(
     for value, label, guess in zip(values, labels, predictions, strict=True):
         if value in index:  # a value outside the public schema is not counted
             exact[index[value], CELLS.index(cell_of[(int(label), int(guess))])] += 1
-    policy, data = site.policy, site.data
+    policy = site.policy
     z = policy.evaluation_noise_multiplier
-    delta = site_delta(policy, site.settings.target_delta, len(data.validation))
-    budget = policy.epsilon_budget or site.settings.target_epsilon
     with PrivacyLedger(site.ledger_path) as ledger:
         try:
-            row_id = ledger.reserve(
-                data.validation_key,
-                run_key,
-                server_round,
-                gaussian_release(z),
-                delta=delta,
-                accountant=site.settings.accountant,
-                epsilon_budget=budget,
-                since=data.validation_since,
-                purpose="group-counts",
-                session=site.session,
-            )
+            row_id = reserve_answer(ledger, site, z, "group-counts", run_key, server_round)
         except BudgetExceededError as err:
             raise PartRefused(str(err)) from err
         rng = np.random.default_rng(secrets.randbits(128))
@@ -159,10 +149,7 @@ def audit_figures(
             "(release-audit-figures = false): run the audit locally"
         )
     with PrivacyLedger(site.ledger_path) as ledger:
-        used = sum(
-            ledger.policy_releases_since(time.time() - DAY, purpose)
-            for purpose in ("exact-evaluation", "audit-figures")
-        )
+        used = non_private_answers_today(ledger)
         if used >= policy.max_exact_answers_per_day:
             raise PartRefused(
                 f"{used} non-private answers in the last 24 h (site max-exact-answers-per-day "

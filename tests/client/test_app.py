@@ -228,6 +228,6 @@ def test_a_site_asked_to_evaluate_the_received_model_reports_it_in_the_train_rep
     reply = client_app.train(_message(context, "train", **{"evaluate-received": True}), context)
     metrics = reply.content["metrics"]
     assert metrics["status"] == 0 and metrics["eval-examples"] > 0
-    assert 0 <= metrics["eval-accuracy"] <= 1 and metrics["eval-loss"] > 0
+    assert 0 <= metrics["eval-accuracy"] <= 1 and metrics["eval-loss"] >= 0  # noisy, clipped
     plain = client_app.train(_message(context, "train", server_round=2), context)
     assert plain.content["metrics"]["eval-examples"] == 0
