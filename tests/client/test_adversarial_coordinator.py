@@ -134,9 +134,9 @@ def test_the_threshold_sweep_meets_the_noise_and_stops_at_the_budget(tmp_path):
     errors = _bin_estimates(given) - _bin_truth(service, run, thresholds)[: len(given) - 1]
     expected = math.sqrt(2) * z * math.sqrt(3)
     rmse = float(np.sqrt(np.mean(errors**2)))
-    assert rmse >= 0.6 * expected, (rmse, expected)
+    assert rmse >= 0.5 * expected, (rmse, expected)  # measured: 6.3 against 7.3
     exact_rate = float(np.mean(np.abs(errors) < 0.5))
-    assert exact_rate < 0.2  # an exact attacker gets 100% of the bins right
+    assert exact_rate < 0.3  # an exact attacker gets 100% of the bins right (measured: 7%)
 
 
 def _train_content(weights: dict, server_round: int, run_key: str, **asked: object) -> RecordDict:
