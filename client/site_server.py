@@ -236,15 +236,20 @@ def _round(request: wire.Request) -> dict[str, Any]:
 def _reply_status(content: RecordDict) -> dict[str, Any]:
     from common.protocol import STATUS_NAMES
 
-    if "decision" in content.config_records:
-        decision = content.config_records["decision"]
+    decision = content.config_records.get("decision")
+    if decision is not None and "status" in decision:  # a train reply
         return {
             "status": str(decision.get("status", "")),
             "reason": str(decision.get("reason", "")),
         }
     metrics = content.metric_records.get("metrics")
     status = metrics.get("status") if metrics is not None else None
-    return {"status": STATUS_NAMES.get(status, "ok") if isinstance(status, int) else "ok"}
+    notes = list(decision.get("notes", [])) if decision is not None else []
+    refused = isinstance(status, int) and status != 0
+    return {
+        "status": STATUS_NAMES.get(status, "refused") if refused else "ok",
+        "reason": "; ".join(str(n) for n in notes),
+    }
 
 
 def _authenticate(conn: socket.socket, secret: bytes, deadline: float) -> bool:

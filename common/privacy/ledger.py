@@ -353,10 +353,12 @@ class PrivacyLedger:
         return int(row[0])
 
     def round_released(self, fingerprint: str, run_id: str, round_number: int) -> bool:
-        """Whether this (run, round) already has a training release on this dataset."""
+        """Whether this (run, round) already released a training update on this dataset. A
+        reservation whose process died released nothing: it stays counted, and a retry of the
+        round may train (and is counted again)."""
         row = self._conn.execute(
             "SELECT 1 FROM releases WHERE fingerprint = ? AND run_id = ? AND round = ? "
-            "AND purpose = 'dp-sgd' LIMIT 1",
+            "AND purpose = 'dp-sgd' AND status = 'released' LIMIT 1",
             (fingerprint, run_id, round_number),
         ).fetchone()
         return row is not None or self.non_private_released(fingerprint, run_id, round_number)

@@ -93,7 +93,7 @@ def test_the_deployed_client_app_answers_with_the_service_reply(running_site) ->
     assert row.status == "released" and row.round == 1
     assert metrics["steps"] == row.steps and metrics["noise-multiplier"] == row.noise_multiplier
     evaluated = client_app.app(_message(train_content(RUN_CONFIG), "evaluate"), context)
-    assert set(evaluated.content.keys()) == {"metrics"}
+    assert set(evaluated.content.keys()) == {"metrics", "decision"}  # decision: why refused
     assert 0 <= evaluated.content["metrics"]["eval-accuracy"] <= 1
 
 
