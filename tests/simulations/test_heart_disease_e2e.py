@@ -65,8 +65,15 @@ def test_heart_disease_simulation_improves_and_reports_true_epsilon(tmp_path: Pa
     assert len(ledgers) == 1
     with sqlite3.connect(ledgers[0]) as db:
         rows = db.execute(
-            "SELECT round, noise_multiplier, sample_rate, steps, status FROM releases"
+            "SELECT round, noise_multiplier, sample_rate, steps, status FROM releases "
+            "WHERE purpose = 'dp-sgd'"
         ).fetchall()
+        answers = db.execute(
+            "SELECT fingerprint, noise_multiplier, sample_rate, steps FROM releases "
+            "WHERE purpose = 'evaluation'"
+        ).fetchall()
+    # each federated evaluation was one Gaussian answer (z = 3, q = 1) on the validation records
+    assert answers and all(a == ("Cleveland/validation", 3.0, 1.0, 1) for a in answers)
     assert [r[0] for r in rows] == [1, 2, 3]
     assert all(r[4] == "released" for r in rows)
     assert [(r[1], r[2], r[3]) for r in rows] == history["Cleveland"]
