@@ -144,8 +144,15 @@ def fetch(name: str) -> Path:
     """
     asset = _lookup(name)
     target = asset_path(name)
-    if target.exists():
-        return target
+    try:
+        if target.exists():
+            return target
+    except PermissionError:
+        raise AssetError(
+            f"cannot read asset {name!r} at {target}: permission denied for this user (uid "
+            f"{os.getuid()}); run fedpriv-fetch as this user or point FEDPRIV_CACHE at a cache "
+            "it may read"
+        ) from None
     with _lock(asset.name):
         if target.exists():  # another process finished while we waited
             return target

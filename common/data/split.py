@@ -51,10 +51,16 @@ def keyed_validation_mask(record_keys: list[bytes], fraction: float, key: bytes)
     n = len(record_keys)
     if n < 2:
         raise ValueError(f"cannot split {n} record(s) into non-empty train and validation parts")
-    scores = np.array(
-        [int.from_bytes(hmac.new(key, r, hashlib.sha256).digest()[:8], "big") for r in record_keys],
-        dtype=np.float64,
-    ) / 2.0**64
+    scores = (
+        np.array(
+            [
+                int.from_bytes(hmac.new(key, r, hashlib.sha256).digest()[:8], "big")
+                for r in record_keys
+            ],
+            dtype=np.float64,
+        )
+        / 2.0**64
+    )
     mask = scores < fraction
     if not mask.any():
         mask[np.argmin(scores)] = True

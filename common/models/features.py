@@ -8,7 +8,9 @@ gives the full model's logits, W x + b, and DP-SGD on the head clips and noises 
 
 The cache file is keyed by sha256 over (the model files, the model's head-input definition:
 class, pooling, normalize; the token ids, masks and max-length of the records); any change
-re-encodes. Files live under ``$FEDPRIV_CACHE/features/`` and are written atomically.
+re-encodes. Files live under ``$FEDPRIV_CACHE/features/`` and are written atomically. They are
+derived from private records (an embedding can be inverted towards its text), so the folder is
+0700 and each file 0600, owned by the user that encoded them (the site service's).
 """
 
 from __future__ import annotations
@@ -147,12 +149,22 @@ def cached_features(
             features = None
     if features is None:
         features = encode_features(model, tensors, device)
-        cache.mkdir(parents=True, exist_ok=True)
-        partial = file.with_suffix(f".{os.getpid()}.partial")
-        torch.save(features, partial)
-        os.replace(partial, file)
+        _write_private(features, cache, file)
     out = TensorDataset(features, labels)
     for name in ("words_cut", "sentences_cut", "tag_weights"):
         if hasattr(tensors, name):
             setattr(out, name, getattr(tensors, name))
     return out
+
+
+def _write_private(features: torch.Tensor, cache: Path, file: Path) -> None:
+    """Write ``features`` to ``file`` atomically, readable by this user only (folder 0700)."""
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if cache.stat().st_uid == os.getuid():
+        os.chmod(cache, 0o700)  # a folder left 0755 by an older version
+    partial = file.with_suffix(f".{os.getpid()}.partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # a partial file left by a killed run keeps its old mode
+    with os.fdopen(descriptor, "wb") as handle:
+        torch.save(features, handle)
+    os.replace(partial, file)

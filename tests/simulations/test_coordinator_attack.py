@@ -12,8 +12,9 @@ The site runs as the runbook says: the service as its own user owning data, poli
 the SuperNode as a second unprivileged user (setpriv). CI runs as root: the users are created
 here (useradd) and removed afterwards. /root is 0700 and the venv's python is a symlink into
 /root/.pyenv, so the two users could not even start the interpreter: the test gives /root
-o+x (traverse only, no listing) for its duration and restores the mode in a finally;
-~/.cache/fedpriv (the cached datasets) is already world-readable.
+o+x (traverse only, no listing) for its duration and restores the mode in a finally. The
+service reads the public reference dataset from a cache of its own (a copy of root's asset),
+as an operator running ``fedpriv-fetch`` as the service's user would have it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import pytest
 
 from client import site_wire as wire
 from client.site_shim import Endpoint, call
+from common.data.assets import cache_dir, fetch
 from common.privacy.ledger import PrivacyLedger
 from simulations.local_deployment import LocalFederation
 from tests.client.deployed_site import RUN_CONFIG, train_content, write_site
@@ -218,6 +220,17 @@ def _own(path: Path, user: str, mode: int, group: str | None = None) -> None:
     os.chmod(path, mode)
 
 
+def _service_cache(cache: Path, user: str) -> str:
+    """The service's own asset cache (as ``fedpriv-fetch`` run by its user leaves it): a copy of
+    the heart-disease asset, so the test does not depend on root's cache being readable."""
+    source = fetch("heart-disease").parent
+    target = cache / source.relative_to(cache_dir())
+    shutil.copytree(source, target)
+    for path in (cache, *cache.rglob("*")):
+        _own(path, user, 0o700 if path.is_dir() else 0o600)
+    return str(cache)
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -248,7 +261,7 @@ def _attack(work: Path, users: dict[str, str]) -> None:
     (node_home / "flwr").mkdir(parents=True)
     for path in (node_home, node_home / "flwr"):
         _own(path, users["node"], 0o700)
-    cache = os.environ.get("FEDPRIV_CACHE", str(Path.home() / ".cache" / "fedpriv"))
+    cache = _service_cache(lib / "cache", users["service"])
     with LocalFederation(work / "federation") as fed:
         for path in (fed.workdir, fed.certs):  # the SuperNode's user reads the CA cert
             os.chmod(path, 0o755)
@@ -266,7 +279,8 @@ def _attack(work: Path, users: dict[str, str]) -> None:
         honest = call(
             endpoint, wire.Request("train", 1, RUN_CONFIG, train_content(RUN_CONFIG)), 120
         )
-        assert honest.ok and dict(honest.content["decision"])["status"] == "trained"
+        assert honest.ok, f"honest round: {honest.error} {honest.reason}\n{service.log()[-4000:]}"
+        assert dict(honest.content["decision"])["status"] == "trained"
         assert stat.S_IMODE(ledger.stat().st_mode) == 0o600
         assert ledger.stat().st_uid == pwd.getpwnam(users["service"]).pw_uid
         assert stat.S_IMODE(service.socket.stat().st_mode) == 0o660

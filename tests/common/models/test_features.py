@@ -108,3 +108,17 @@ def test_cache_is_invalidated_by_what_the_features_depend_on(tmp_path, change):
     calls = EncoderCalls(model)
     _features(model, data, path, cache, max_length)
     assert calls.count == 1 and len(list(cache.glob("*.pt"))) == 2
+
+
+def test_features_of_private_records_are_readable_by_their_owner_only(tiny_bert, tmp_path):
+    import stat
+
+    cache = tmp_path / "features"
+    cache.mkdir(mode=0o755)  # left world-readable by an older version
+    model, tokenizer = _head_model(tiny_bert)
+    data, _ = encode_texts(tokenizer, TEXTS, LABELS, 16)
+    _features(model, data, tiny_bert, cache)
+    (file,) = cache.glob("*.pt")
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert not list(cache.glob("*.partial"))
