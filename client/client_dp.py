@@ -31,7 +31,7 @@ from flwr.supercore.differential_privacy import (
     get_norm,
 )
 
-from common.protocol import ARRAYS, DISTRIBUTED_NOISE_STDDEV, METRICS
+from common.protocol.records import ARRAYS, DISTRIBUTED_NOISE_STDDEV, METRICS
 
 CLIPPING_MODES = ("client-fixed", "client-adaptive")
 

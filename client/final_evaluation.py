@@ -21,7 +21,6 @@ import secrets
 import numpy as np
 
 from client.audit import audit_from_losses
-from client.evaluation import per_example, record_outcomes
 from client.evaluation_release import (
     EvaluationRefused,
     non_private_answers_today,
@@ -32,6 +31,7 @@ from client.local_round import Metrics, site_model
 from client.privacy_round import site_delta
 from client.site_context import Site
 from client.site_data import reference_schema
+from common.evaluation import per_example, record_outcomes
 from common.group_counts import CELLS, sensitive_values, to_metrics
 from common.models.weights import trainable_state
 from common.privacy.ledger import BudgetExceededError, PrivacyLedger

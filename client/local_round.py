@@ -15,18 +15,17 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from client.evaluation import record_outcomes
 from client.policy import Clamp, RoundRefused, check_non_private, check_round_cap
 from client.privacy_round import authorize_round, site_delta
-from client.request import RequestError, TrainRequest
 from client.site_context import Site
 from client.site_data import reference_schema
 from client.training import DpSgdSettings, TrainResult, sample_rate, steps_per_epoch, train_locally
 from common.config import RunSettings
 from common.data.types import LabeledData
+from common.evaluation import record_outcomes
 from common.models.weights import load_trainable_state, trainable_state
 from common.privacy.ledger import PrivacyLedger
-from common.protocol import (
+from common.protocol.records import (
     INVALID_REQUEST,
     REPLAYED,
     ROUND_LIMIT,
@@ -34,6 +33,7 @@ from common.protocol import (
     TRAIN_METRIC_KEYS,
     TRAINED,
 )
+from common.protocol.request import RequestError, TrainRequest
 from common.task import build_model, check_model_fits, head_features, to_tensors
 
 log = logging.getLogger("fedpriv.client")

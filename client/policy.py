@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from client.request import TrainRequest
 from common.config import SiteSettings
-from common.protocol import NON_PRIVATE_REFUSED, ROUND_LIMIT
+from common.protocol.records import NON_PRIVATE_REFUSED, ROUND_LIMIT
+from common.protocol.request import TrainRequest
 
 
 @dataclass(frozen=True)

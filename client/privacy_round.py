@@ -20,12 +20,12 @@ from client.policy import (
     planned_rounds,
     run_target_epsilon,
 )
-from client.request import TrainRequest
 from common.config import SiteSettings
 from common.privacy.accounting import DpRelease
 from common.privacy.calibration import calibrate_noise_multiplier
 from common.privacy.ledger import BudgetExceededError, PrivacyLedger, RunPlan
-from common.protocol import BUDGET_EXHAUSTED
+from common.protocol.records import BUDGET_EXHAUSTED
+from common.protocol.request import TrainRequest
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,14 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from client.site_context import Site, build_site
 from common.config import ConfigError, SiteSettings
 from common.models.weights import WeightsMismatchError
-from common.protocol import ARRAYS, CONFIG, DECISION, METRICS, from_array_record, to_array_record
+from common.protocol.records import (
+    ARRAYS,
+    CONFIG,
+    DECISION,
+    METRICS,
+    from_array_record,
+    to_array_record,
+)
 from common.releases import check_reply
 
 log = logging.getLogger("fedpriv.site")

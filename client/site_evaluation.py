@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from client.evaluation import record_outcomes
 from client.evaluation_release import EvaluationRefused, evaluation_refusal, release_evaluation
 from client.local_round import Metrics, site_model
 from client.site_context import Site
+from common.evaluation import record_outcomes
 
 log = logging.getLogger("fedpriv.site")
 

@@ -234,7 +234,7 @@ def _round(request: wire.Request) -> dict[str, Any]:
 
 
 def _reply_status(content: RecordDict) -> dict[str, Any]:
-    from common.protocol import STATUS_NAMES
+    from common.protocol.records import STATUS_NAMES
 
     decision = content.config_records.get("decision")
     if decision is not None and "status" in decision:  # a train reply

@@ -26,7 +26,13 @@ from flwr.common.constant import ErrorCode
 
 from client import site_wire as wire
 from common.config import ConfigError
-from common.protocol import DECISION, METRICS, SITE_UNAVAILABLE, STATUS_NAMES, TRAIN_METRIC_KEYS
+from common.protocol.records import (
+    DECISION,
+    METRICS,
+    SITE_UNAVAILABLE,
+    STATUS_NAMES,
+    TRAIN_METRIC_KEYS,
+)
 
 CONNECT_TIMEOUT = 10.0
 REPLY_MARGIN = 120.0  # seconds past the run's round-timeout to wait for a reply

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import torch
 
-from client.evaluation import evaluate
 from client.training import DpSgdSettings, train_locally
+from common.evaluation import evaluate
 from common.models.tabular import build_tabular_model
 from common.models.text import LoraSettings, encode_texts, load_text_classifier
 from common.models.tiny import save_tiny_bert

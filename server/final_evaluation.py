@@ -16,7 +16,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from common.group_counts import PREFIX, from_metrics, sum_counts
-from common.protocol import ARRAYS, CONFIG, METRICS
+from common.protocol.records import ARRAYS, CONFIG, METRICS
 from common.releases import AUDIT_ATTACKS as ATTACKS
 from common.releases import AUDIT_FIGURES as FIGURES
 from common.releases import AUDIT_SETUP as SETUP

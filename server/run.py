@@ -18,16 +18,16 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from client.evaluation import evaluate
-from client.request import TrainRequest
 from common.config import ConfigError, RunSettings
 from common.data.partition import natural_partition_values
 from common.data.registry import load_dataset
 from common.entities import seqeval_report, seqeval_scores
+from common.evaluation import evaluate
 from common.group_counts import sensitive_values
 from common.models.save import save_model
 from common.models.weights import load_trainable_state, trainable_state, weights_digest
-from common.protocol import from_array_record, to_array_record
+from common.protocol.records import from_array_record, to_array_record
+from common.protocol.request import TrainRequest
 from common.task import build_model, head_features, pick_device, to_tensors
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server.client_dp import client_level_dp_summary, with_client_dp

@@ -50,7 +50,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from common.config import RunSettings
-from common.protocol import ARRAYS, CONFIG, DECISION, DISTRIBUTED_NOISE_STDDEV, METRICS
+from common.protocol.records import ARRAYS, CONFIG, DECISION, DISTRIBUTED_NOISE_STDDEV, METRICS
 from server.client_dp import client_level_epsilon
 from server.strategy import PrivacyAware, RoundFailed
 

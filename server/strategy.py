@@ -26,7 +26,14 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from common.entities import federated_entity_scores, is_count_key
-from common.protocol import ARRAYS, DECISION, METRICS, STATUS_NAMES, TRAINED, from_array_record
+from common.protocol.records import (
+    ARRAYS,
+    DECISION,
+    METRICS,
+    STATUS_NAMES,
+    TRAINED,
+    from_array_record,
+)
 from server.update_validation import check_train_reply
 
 UNIFORM_WEIGHT = "client-dp-weight"  # metric of weight 1 each accepted update gets (uniform)

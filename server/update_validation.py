@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import RecordDict
 
-from common.protocol import ARRAYS, DECISION, METRICS, TRAIN_METRIC_KEYS
+from common.protocol.records import ARRAYS, DECISION, METRICS, TRAIN_METRIC_KEYS
 
 MAX_EXAMPLES = 1_000_000_000
 

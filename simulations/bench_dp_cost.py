@@ -247,7 +247,7 @@ def bytes_table() -> str:
     from flwr.common.serde import array_record_to_proto
 
     from common.models.weights import trainable_state
-    from common.protocol import to_array_record
+    from common.protocol.records import to_array_record
 
     sizes = {}
     for kind in BYTES_KINDS:

@@ -161,10 +161,10 @@ def centralized_accuracy(
     """(test score, seconds) of non-DP training on the whole pool: the task's own method, or
     the method ``overrides`` name (the strong reference). Head mode trains the head on the
     frozen encoder's cached features, as the sites do. Score: accuracy, entity micro-F1 (NER)."""
-    from client.evaluation import evaluate
     from client.training import train_locally
     from common.data.registry import load_dataset
     from common.entities import seqeval_scores
+    from common.evaluation import evaluate
     from common.task import build_model, head_features, pick_device, to_tensors
 
     settings = _settings(task.run | (overrides or {}))

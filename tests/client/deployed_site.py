@@ -10,12 +10,12 @@ from typing import Any
 import pandas as pd
 from flwr.app import ConfigRecord, RecordDict
 
-from client.request import TrainRequest
 from client.site_data import load_site_data
 from common.config import RunSettings, SiteSettings
 from common.data.registry import load_dataset
 from common.models.weights import trainable_state
-from common.protocol import to_array_record
+from common.protocol.records import to_array_record
+from common.protocol.request import TrainRequest
 from common.task import build_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,11 +21,11 @@ from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
 import client.local_round as local_round
 from client import app as client_app
-from client.request import TrainRequest
 from common.config import RunSettings
 from common.data.registry import load_dataset
 from common.models.weights import trainable_state
-from common.protocol import to_array_record
+from common.protocol.records import to_array_record
+from common.protocol.request import TrainRequest
 from common.task import build_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from client.request import TrainRequest
 from client.site import SiteService
 from common.config import RunSettings, SiteSettings
 from common.data.registry import load_dataset
 from common.models.weights import trainable_state
 from common.privacy.ledger import PrivacyLedger
-from common.protocol import (
+from common.protocol.records import (
     BUDGET_EXHAUSTED,
     REPLAYED,
     ROUND_LIMIT,
@@ -30,6 +29,7 @@ from common.protocol import (
     TRAINED,
     to_array_record,
 )
+from common.protocol.request import TrainRequest
 from common.releases import coverage
 from common.task import build_model
 

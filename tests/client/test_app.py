@@ -12,12 +12,17 @@ from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 from opacus import PrivacyEngine
 
 from client import app as client_app
-from client.request import TrainRequest
 from common.config import RunSettings
 from common.data.registry import load_dataset
 from common.models.weights import trainable_state
 from common.privacy.ledger import PrivacyLedger
-from common.protocol import BUDGET_EXHAUSTED, INVALID_REQUEST, TRAIN_METRIC_KEYS, to_array_record
+from common.protocol.records import (
+    BUDGET_EXHAUSTED,
+    INVALID_REQUEST,
+    TRAIN_METRIC_KEYS,
+    to_array_record,
+)
+from common.protocol.request import TrainRequest
 from common.task import build_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from client import bookkeeping
 from client.bookkeeping import make_private_bookkeeping
-from client.evaluation import evaluate
-from client.training import DpSgdSettings, TokenCrossEntropy, train_locally
+from client.training import DpSgdSettings, train_locally
+from common.evaluation import evaluate
+from common.models.losses import TokenCrossEntropy
 from common.models.tabular import build_tabular_model
 from common.models.text import encode_texts, load_text_classifier
 from common.models.tiny import save_tiny_bert

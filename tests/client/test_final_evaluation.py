@@ -22,7 +22,7 @@ from common.data.registry import load_dataset
 from common.group_counts import from_metrics
 from common.models.weights import trainable_state
 from common.privacy.ledger import PrivacyLedger
-from common.protocol import to_array_record
+from common.protocol.records import to_array_record
 from common.task import build_model
 
 ROOT = Path(__file__).resolve().parents[2]

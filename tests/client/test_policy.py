@@ -12,9 +12,9 @@ from client.policy import (
     planned_rounds,
     run_target_epsilon,
 )
-from client.request import TrainRequest
 from common.config import RunSettings, SiteSettings
-from common.protocol import NON_PRIVATE_REFUSED, ROUND_LIMIT
+from common.protocol.records import NON_PRIVATE_REFUSED, ROUND_LIMIT
+from common.protocol.request import TrainRequest
 
 
 def request(**overrides) -> TrainRequest:

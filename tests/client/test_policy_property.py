@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 import client.privacy_round as privacy_round
 from client.policy import RoundRefused, check_non_private
 from client.privacy_round import authorize_round
-from client.request import RequestError, TrainRequest
 from common.config import SiteSettings
 from common.privacy.ledger import PrivacyLedger
-from common.protocol import STATUS_NAMES, TRAINED
+from common.protocol.records import STATUS_NAMES, TRAINED
+from common.protocol.request import RequestError, TrainRequest
 
 FP = "d" * 64
 N = 100  # the site's records

@@ -5,11 +5,11 @@ import pytest
 import client.privacy_round as privacy_round
 from client.policy import RoundRefused
 from client.privacy_round import BudgetRefused, authorize_round, site_budget, site_delta
-from client.request import TrainRequest
 from common.config import SiteSettings
 from common.privacy.accounting import DpRelease, compute_epsilon
 from common.privacy.ledger import PrivacyLedger, RunPlan
-from common.protocol import BUDGET_EXHAUSTED, ROUND_LIMIT
+from common.protocol.records import BUDGET_EXHAUSTED, ROUND_LIMIT
+from common.protocol.request import TrainRequest
 from tests.reference_accountants import opacus_rdp
 
 FP = "f" * 64

@@ -12,17 +12,17 @@ from pathlib import Path
 import dp_accounting
 import numpy as np
 
-from client.evaluation import RecordOutcomes
 from client.evaluation_release import EvaluationRefused, release_evaluation
 from client.local_round import check_caps
 from client.policy import RoundRefused
 from client.privacy_round import authorize_round
-from client.request import TrainRequest
 from client.site_context import build_site
 from common.config import RunSettings, SiteSettings
 from common.data.registry import load_dataset
 from common.data.site_file import write_site_file
+from common.evaluation import RecordOutcomes
 from common.privacy.ledger import PrivacyLedger
+from common.protocol.request import TrainRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]

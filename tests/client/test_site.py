@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
-from client.request import TrainRequest
 from client.site import SiteRequestError, SiteService
 from common.config import RunSettings, SiteSettings
-from common.protocol import to_array_record
+from common.protocol.records import to_array_record
+from common.protocol.request import TrainRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]

@@ -25,7 +25,7 @@ from client.site_server import SiteServer
 from client.site_shim import Endpoint
 from common.config import ConfigError
 from common.privacy.ledger import PrivacyLedger
-from common.protocol import SITE_UNAVAILABLE, TRAIN_METRIC_KEYS, to_array_record
+from common.protocol.records import SITE_UNAVAILABLE, TRAIN_METRIC_KEYS, to_array_record
 from tests.client.deployed_site import ROOT, RUN_CONFIG, train_content, write_site
 
 
@@ -154,7 +154,7 @@ import json, sys, time
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 from client import app
-from common.protocol import to_array_record
+from common.protocol.records import to_array_record
 content = RecordDict({"arrays": to_array_record({"w": np.zeros(2, np.float32)}),
                       "config": ConfigRecord({"server-round": 1})})
 meta = Metadata(run_id=1, message_id="m", src_node_id=0, dst_node_id=1, reply_to_message_id="",

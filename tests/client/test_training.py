@@ -8,8 +8,9 @@ from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader, TensorDataset
 
 from client import training
-from client.evaluation import evaluate
 from client.training import DpSgdSettings, sample_rate, steps_per_epoch, train_locally
+from common.evaluation import evaluate
+from common.models.losses import TokenCrossEntropy
 from common.models.tabular import build_tabular_model
 from common.models.text import LoraSettings, encode_texts, load_text_classifier
 from common.models.tiny import save_tiny_bert
@@ -323,12 +324,12 @@ def _tagged(tokenizer, n: int, seed: int = 0):
 def test_token_loss_of_an_example_is_its_own_mean_over_scored_tokens():
     logits = torch.randn(3, 5, 4)
     labels = torch.tensor([[-100, 1, 2, -100, -100], [-100, 0, -100, -100, -100], [3] * 5])
-    per_example = training.TokenCrossEntropy(reduction="none")(logits, labels)
+    per_example = TokenCrossEntropy(reduction="none")(logits, labels)
     for b in range(3):
         scored = labels[b] != -100
         alone = torch.nn.functional.cross_entropy(logits[b][scored], labels[b][scored])
         torch.testing.assert_close(per_example[b], alone)
-    mean = training.TokenCrossEntropy()(logits, labels)
+    mean = TokenCrossEntropy()(logits, labels)
     torch.testing.assert_close(mean, per_example.mean())
 
 
@@ -385,7 +386,7 @@ def test_weighted_token_loss_is_each_sentences_own_weighted_mean():
     logits = torch.randn(3, 5, 4)
     labels = torch.tensor([[-100, 1, 0, 0, -100], [-100, 0, -100, -100, -100], [3, 0, 0, 2, 0]])
     weight = torch.tensor([0.1, 1.0, 1.0, 1.0])  # O (tag 0) weighs 0.1
-    loss = training.TokenCrossEntropy(reduction="none", weight=weight)
+    loss = TokenCrossEntropy(reduction="none", weight=weight)
     per_example = loss(logits, labels)
     for b in range(3):
         scored = labels[b] != -100
@@ -401,7 +402,7 @@ def test_weighted_token_loss_is_each_sentences_own_weighted_mean():
     assert after[1] != per_example[1]
     assert torch.equal(after[[0, 2]], per_example[[0, 2]])  # the others' losses do not move
     with pytest.raises(ValueError, match="positive"):
-        training.TokenCrossEntropy(weight=torch.tensor([0.0, 1.0]))
+        TokenCrossEntropy(weight=torch.tensor([0.0, 1.0]))
 
 
 def test_dataset_tag_weights_choose_the_weighted_token_loss():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.config import SIMULATED_SITE, SiteSettings
-from common.protocol import TRAIN_METRIC_KEYS
+from common.protocol.records import TRAIN_METRIC_KEYS
 from common.releases import ReleaseError, check_reply, coverage
 
 

@@ -17,11 +17,11 @@ from functools import cache
 import numpy as np
 import pytest
 
-from client.evaluation import evaluate
 from client.site_data import load_site_data
 from client.training import train_locally
 from common.config import SIMULATED_SITE, RunSettings
 from common.data.registry import load_dataset
+from common.evaluation import evaluate
 from common.models.weights import load_trainable_state, trainable_state
 from common.task import build_model, to_tensors
 from server.strategy import make_strategy

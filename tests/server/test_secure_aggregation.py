@@ -19,11 +19,11 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 import client.secure_aggregation as site_side
 from client import app as client_app
-from client.request import TrainRequest
 from common.config import RunSettings
 from common.data.registry import load_dataset
 from common.models.weights import trainable_state
-from common.protocol import to_array_record
+from common.protocol.records import to_array_record
+from common.protocol.request import TrainRequest
 from common.task import build_model
 from server.secure_aggregation import SecureAggregation, with_secure_aggregation
 from server.strategy import make_strategy

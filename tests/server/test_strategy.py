@@ -20,7 +20,7 @@ from flwr.app import (
 )
 from flwr.common.constant import ErrorCode
 
-from common.protocol import (
+from common.protocol.records import (
     ARRAYS,
     BUDGET_EXHAUSTED,
     DECISION,

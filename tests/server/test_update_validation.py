@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from common.protocol import ARRAYS, METRICS
+from common.protocol.records import ARRAYS, METRICS
 from server.update_validation import check_train_reply
 from tests.server.test_strategy import FakeGrid, strategy, train_metrics, trained, w
 

@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from client import app as real
-from common.protocol import ARRAYS, CONFIG, METRICS
+from common.protocol.records import ARRAYS, CONFIG, METRICS
 
 HONEST = 2  # partitions 0 and 1 stay honest
 HUGE = 1e4  # added to every weight: far beyond the run's max-update-norm

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from client.request import RequestError, TrainRequest
 from common.config import RunSettings
+from common.protocol.request import RequestError, TrainRequest
 
 GOOD = {"server-round": 1, **TrainRequest.of_run(RunSettings(), "run-1")}
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from client.evaluation import evaluate
+from common.evaluation import evaluate
 
 
 def test_uniform_logits_give_log_k_loss_and_argmax_zero():

@@ -40,9 +40,6 @@ STATUS_NAMES = {
     REPLAYED: "replay refused",
     RELEASE_REFUSED: "refused by site policy",
 }
-# deployment: the ClientApp shim could not reach the site's service (client/site_shim.py)
-SITE_UNAVAILABLE = 5
-STATUS_NAMES[SITE_UNAVAILABLE] = "site service unavailable"
 
 # Metric keys a training reply carries (the same keys in every train reply). Evaluations of a
 # token classifier (NER) add TP/FP/FN counts per entity type (common.entities.count_metrics).

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from client.training import TokenCrossEntropy
 from common.data.conll import entity_types
 from common.entities import Counts, count_metrics, entity_counts
+from common.models.losses import TokenCrossEntropy
 from common.models.tokens import IGNORE_INDEX
 
 
