@@ -217,8 +217,9 @@ def load_text_classifier(
         torch.manual_seed(seed)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            verbosity = hf_logging.get_verbosity()
+            verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
             hf_logging.set_verbosity_error()  # the head is new by design: no "MISSING" report
+            hf_logging.disable_progress_bar()  # no "Loading weights" bar per site and round
             try:
                 if pooling == "pooler":
                     model = auto_class.from_pretrained(
@@ -228,6 +229,8 @@ def load_text_classifier(
                     model = _pooled_classifier(name_or_path, num_labels, pooling, normalize, names)
             finally:
                 hf_logging.set_verbosity(verbosity)
+                if bars:
+                    hf_logging.enable_progress_bar()
         except (OSError, ValueError) as err:
             raise _unloadable(name_or_path, f"{type(err).__name__}: {err}") from err
         check_tokenizer_fits(tokenizer, model, name_or_path)

@@ -99,3 +99,13 @@ def test_dp_full_fine_tuning_freezes_the_word_embeddings(tiny_bert, dp, lora, fr
     assert ("model.bert.embeddings.word_embeddings.weight" in state) is not frozen
     assert "model.bert.embeddings.position_embeddings.weight" in state  # the rest still trains
     assert len(state) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_loading_shows_no_progress_bar_and_restores_the_settings(tiny_bert, capfd):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    load_text_classifier(str(tiny_bert), 2, lora=None, device="cpu")
+    assert "Loading weights" not in "".join(capfd.readouterr())
+    assert hf_logging.is_progress_bar_enabled()
