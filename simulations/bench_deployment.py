@@ -46,7 +46,7 @@ CASES: dict[str, dict[str, Any]] = {
         "dataset": "rotten-tomatoes",
         "partitioner": "iid",
         "model": "text",
-        "lora": True,
+        "finetune": "lora",
         "pooler-init": "identity",
         "max-length": 32,
         "local-steps": 8,

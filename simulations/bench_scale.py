@@ -41,7 +41,7 @@ MINILM: dict[str, Any] = {
     "dataset": "rotten-tomatoes",
     "partitioner": "iid",
     "model": "text",
-    "lora": True,
+    "finetune": "lora",
     "pooler-init": "identity",
     "max-length": 32,
     "local-steps": 8,

@@ -77,7 +77,7 @@ TASKS = {
             "validation-fraction": 0.1,
             "model": "text",
             "pooler-init": "identity",
-            "lora": True,
+            "finetune": "lora",
             "max-length": 32,
             "num-server-rounds": 4,
             "local-steps": 8,

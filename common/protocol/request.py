@@ -12,16 +12,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from common.config import MAX_CLIP_NORM, MAX_NOISE_MULTIPLIER, RunSettings
-
-# Beyond these a request is not a meaningful training request; it is refused, not clamped.
-MAX_TARGET_EPSILON = 1e3
-MAX_LOCAL_EPOCHS = 1_000
-MAX_LOCAL_STEPS = 1_000_000
-MAX_BATCH_SIZE = 10_000_000
-MAX_ROUNDS = 100_000
-MAX_LEARNING_RATE = 1e3
-MAX_RUN_KEY = 200  # characters
+from common.config import RunSettings
+from common.config.limits import (
+    MAX_BATCH_SIZE,
+    MAX_CLIP_NORM,
+    MAX_LEARNING_RATE,
+    MAX_LOCAL_EPOCHS,
+    MAX_LOCAL_STEPS,
+    MAX_NOISE_MULTIPLIER,
+    MAX_ROUNDS,
+    MAX_RUN_KEY,
+    MAX_TARGET_EPSILON,
+)
 
 
 class RequestError(ValueError):

@@ -1,4 +1,4 @@
-"""common/config.py: run settings (Flower run config) and site settings (sites file)."""
+"""common/config/: run settings (Flower run config, in sections) and site settings."""
 
 import dataclasses
 import math
@@ -305,10 +305,51 @@ def test_a_missing_policy_file_is_named(tmp_path):
     ("overrides", "mode"),
     [
         ({}, "lora"),
-        ({"lora": False}, "full"),
+        ({"finetune": "full", "model": "text"}, "full"),
         ({"finetune": "head", "model": "text"}, "head"),
-        ({"finetune": "full", "lora": True, "model": "text"}, "full"),
+        ({"finetune": "lora", "model": "text"}, "lora"),
     ],
 )
-def test_finetune_unset_follows_lora_so_old_configs_keep_working(overrides, mode):
+def test_finetune_says_what_trains_and_unset_is_lora(overrides, mode):
     assert RunSettings.from_run_config(overrides).finetune_mode == mode
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_the_replaced_lora_key_says_what_to_write_instead(value):
+    with pytest.raises(ConfigError, match="lora was replaced by finetune"):
+        RunSettings.from_run_config({"lora": value})
+
+
+def test_every_key_belongs_to_exactly_one_section_and_each_section_checks_its_own():
+    from common.config import SECTIONS, section_keys
+
+    keys = [key for section in section_keys().values() for key in section]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == {kebab(f.name) for f in dataclasses.fields(RunSettings)}
+    assert set(keys) == set(pyproject_run_config())
+    for cls in SECTIONS.values():
+        cls().check_section()  # each section stands alone with its defaults
+    with pytest.raises(ConfigError, match="batch-size"):
+        SECTIONS["local training"](batch_size=0).check_section()
+
+
+def test_run_and_request_share_one_limit():
+    from common.config.limits import MAX_TARGET_EPSILON
+    from common.protocol.request import REQUEST_KEYS
+
+    assert REQUEST_KEYS["target-epsilon"][2] == MAX_TARGET_EPSILON
+    RunSettings.from_run_config({"target-epsilon": MAX_TARGET_EPSILON})
+    with pytest.raises(ConfigError, match="target-epsilon"):
+        RunSettings.from_run_config({"target-epsilon": MAX_TARGET_EPSILON * 2})
+
+
+def test_readme_lists_every_run_config_key_under_its_section():
+    from common.config import section_keys
+
+    readme = (PYPROJECT.parent / "README.md").read_text()
+    table = readme.split("### Run-config keys")[1].split("\n## ")[0]
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ")][1:]
+    listed = {key: row[0].removeprefix("| ") for row in rows for key in row[1].split("`")[1::2]}
+    for section, keys in section_keys().items():
+        for key in keys:
+            assert listed.get(key) == section, f"README: {key} should be listed under {section}"

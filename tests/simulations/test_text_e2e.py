@@ -31,7 +31,7 @@ def test_dp_text_classification_through_flower(tmp_path: Path, task: str) -> Non
         "model": "text",
         "model-name-or-path": str(tiny),
         "partitioner": "iid",
-        "lora": True,
+        "finetune": "lora",
         "lora-r": 4,
         "num-server-rounds": 2,
         "local-steps": 2,
