@@ -201,7 +201,8 @@ class CachedPLDAccountant(dp_accounting.PrivacyAccountant):
         if isinstance(event, dp_accounting.NoOpDpEvent):
             return None
         if isinstance(event, dp_accounting.NonPrivateDpEvent):
-            self._non_private |= do_compose
+            if do_compose:
+                self._non_private = True
             return None
         if isinstance(event, dp_accounting.SelfComposedDpEvent):
             return self._maybe_compose(event.event, event.count * count, do_compose)
