@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 
-from client.privacy_round import site_delta
 from client.site_context import Site
 from common.entities import COUNTS, count_metrics
 from common.evaluation import RecordOutcomes
+from common.privacy.delta import site_delta
 from common.privacy.gaussian_sum import clip_rows, gaussian_release, gaussian_sum
 from common.privacy.ledger import BudgetExceededError, PrivacyLedger
 from common.protocol.records import BUDGET_EXHAUSTED, RELEASE_REFUSED, TRAINED

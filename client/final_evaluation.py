@@ -28,12 +28,12 @@ from client.evaluation_release import (
     reserve_answer,
 )
 from client.local_round import Metrics, site_model
-from client.privacy_round import site_delta
 from client.site_context import Site
 from client.site_data import reference_schema
 from common.evaluation import per_example, record_outcomes
 from common.group_counts import CELLS, sensitive_values, to_metrics
 from common.models.weights import trainable_state
+from common.privacy.delta import site_delta
 from common.privacy.ledger import BudgetExceededError, PrivacyLedger
 from common.task import build_model
 

@@ -16,15 +16,17 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from client.policy import Clamp, RoundRefused, check_non_private, check_round_cap
-from client.privacy_round import authorize_round, site_delta
+from client.privacy_round import authorize_round
 from client.site_context import Site
 from client.site_data import reference_schema
-from client.training import DpSgdSettings, TrainResult, sample_rate, steps_per_epoch, train_locally
+from client.training import DpSgdSettings, TrainResult, train_locally
 from common.config import RunSettings
 from common.data.types import LabeledData
 from common.evaluation import record_outcomes
 from common.models.weights import load_trainable_state, trainable_state
+from common.privacy.delta import site_delta
 from common.privacy.ledger import PrivacyLedger
+from common.privacy.sampling import sample_rate, steps_per_epoch
 from common.protocol.records import (
     INVALID_REQUEST,
     REPLAYED,

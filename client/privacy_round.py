@@ -23,6 +23,7 @@ from client.policy import (
 from common.config import SiteSettings
 from common.privacy.accounting import DpRelease
 from common.privacy.calibration import calibrate_noise_multiplier
+from common.privacy.delta import site_delta
 from common.privacy.ledger import BudgetExceededError, PrivacyLedger, RunPlan
 from common.protocol.records import BUDGET_EXHAUSTED
 from common.protocol.request import TrainRequest
@@ -53,15 +54,6 @@ class BudgetRefused(RoundRefused):
         super().__init__(BUDGET_EXHAUSTED, reason)
         self.epsilon_spent = epsilon_spent
         self.epsilon_budget = epsilon_budget
-
-
-def site_delta(policy: SiteSettings, requested_delta: float, num_records: int) -> float:
-    """The site's delta: its policy's; else the run's target-delta if at most 0.1/n; else
-    0.1/n (< 1/n, the usual bar) for its n training records. A server cannot loosen it."""
-    default = 0.1 / num_records
-    if policy.delta:
-        return policy.delta
-    return min(requested_delta, default) if requested_delta else default
 
 
 def site_budget(policy: SiteSettings, request: TrainRequest) -> float:

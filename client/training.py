@@ -10,7 +10,6 @@ expected batch size q*n. Each step is one DP release; the ledger accounts for
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 import warnings
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from client import bookkeeping
 from common.config import GRAD_SAMPLE_MODES, OPTIMIZERS
 from common.models.losses import TokenCrossEntropy
+from common.privacy.sampling import sample_rate, steps_per_epoch
 
 # "auto" uses book-keeping clipping above this many trainable parameters (full fine-tuning of a
 # transformer: per-example gradients would cost B x params memory, ghost clipping two backward
@@ -73,22 +73,6 @@ class TrainResult:
     dp: bool
     seconds: float
     grad_sample_mode: str = ""
-
-
-def sample_rate(num_examples: int, batch_size: int) -> float:
-    """q = 1 / ceil(n / B): Opacus's Poisson sample rate for a loader of batch size B over n
-    examples (equal to B / n when B divides n); the expected batch size is q * n."""
-    if num_examples < 1 or batch_size < 1:
-        raise ValueError(
-            f"need num_examples >= 1 and batch_size >= 1, got {num_examples}, {batch_size}"
-        )
-    return 1.0 / math.ceil(num_examples / batch_size)
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Steps (DP releases) per epoch: int(1 / q), exactly as Opacus's DPDataLoader yields them;
-    also the number of batches of the non-DP loader."""
-    return int(1.0 / sample_rate(num_examples, batch_size))
 
 
 def _limit_threads() -> None:

@@ -7,22 +7,14 @@ malformed update is never clipped, only rejected); the accepted updates are clip
 averaged with equal weights over the n accepted sites, and Gaussian noise of std sigma * C / m
 is added to the average (m = sites sampled this round; Flower's rule).
 
-Client-level epsilon (our own, because Flower's accountant covers only fixed clipping without
-sampling amplification): each round is one Poisson-subsampled Gaussian release with
-- q = sites sampled / sites available (Flower samples a fixed number m of the N sites; the
-  Poisson approximation with q = m/N is the usual one for DP-FedAvg, McMahan et al. 2018;
-  q = 1 when all sites take part, then it is exact),
-- noise multiplier z = std * n / C, from the std actually added and the C the updates were
-  clipped with (n < m after dropouts or rejections gives a smaller z than sigma),
-- adaptive clipping: the noisy count of clipped updates (std sigma_b, sensitivity 1: Flower
-  counts raw bits) is a second Gaussian release; both compose to
-  z = (z_update^-2 + sigma_b^-2)^-1/2,
-composed over the rounds with dp-accounting's PLD accountant at delta = client-dp-delta.
+Client-level epsilon: each round is one Poisson-subsampled Gaussian release on the sites'
+updates, common.privacy.client_level (q = m/N, z = std * n / C from the std actually added and
+the C the updates were clipped with; adaptive clipping composes the noisy count of clipped
+updates into z), composed over the rounds at delta = client-dp-delta.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,11 +30,15 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.differential_privacy import compute_stdv
 
 from common.config import RunSettings
-from common.privacy.accounting import DpRelease, compute_epsilon
+from common.privacy import client_level
+from common.privacy.client_level import (
+    CLIENT_DP_ACCOUNTANT,
+    ClientLevelRelease,
+    central_noise_multiplier,
+    client_sample_rate,
+    with_clipped_count,
+)
 from server.strategy import PrivacyAware, RoundRecord
-
-CLIENT_DP_ACCOUNTANT = "pld"
-MIN_NOISE_MULTIPLIER = 0.01  # below this z the release is reported as epsilon = inf
 
 
 class _CheckedFirst:
@@ -95,18 +91,16 @@ class _CheckedFirst:
         return super()._add_noise_to_aggregated_arrays(aggregated)  # type: ignore[misc]
 
     def _release(self, aggregated: int, clip: float) -> dict[str, Any]:
-        z_update = self._std * aggregated / clip if aggregated else 0.0
-        z = z_update
+        z_update = central_noise_multiplier(self._std, aggregated, clip)
         sigma_b = float(getattr(self, "clipped_count_stddev", 0.0)) if self.adaptive else 0.0
-        if self.adaptive:
-            z = (z_update**-2 + sigma_b**-2) ** -0.5 if z_update > 0 and sigma_b > 0 else 0.0
+        z = with_clipped_count(z_update, sigma_b) if self.adaptive else z_update
         sampled, available = self._round["sampled-sites"], self._round["available-sites"]
         return {
             "mode": self.mode,
             "noise-multiplier": z,
             "update-noise-multiplier": z_update,
             "clipped-count-stddev": sigma_b,
-            "sample-rate": sampled / available if available else 1.0,
+            "sample-rate": client_sample_rate(sampled, available),
             "clipping-norm": clip,
             "noise-std": self._std,
             "aggregated-sites": aggregated,
@@ -161,15 +155,12 @@ def with_client_dp(strategy: PrivacyAware, settings: RunSettings) -> Strategy:
 
 def client_level_epsilon(rounds: dict[int, RoundRecord], delta: float) -> float:
     """Epsilon at ``delta`` of every round's client-level release so far (z, q per round)."""
-    releases = []
-    for number in sorted(rounds):
-        dp = rounds[number].client_dp
-        if not dp or not dp.get("aggregated-sites"):
-            continue
-        if dp["noise-multiplier"] < MIN_NOISE_MULTIPLIER:
-            return math.inf
-        releases.append(DpRelease(dp["noise-multiplier"], dp["sample-rate"], 1))
-    return compute_epsilon(releases, delta, CLIENT_DP_ACCOUNTANT)
+    releases = [
+        ClientLevelRelease(dp["noise-multiplier"], dp["sample-rate"])
+        for dp in (rounds[number].client_dp for number in sorted(rounds))
+        if dp and dp.get("aggregated-sites")
+    ]
+    return client_level.client_level_epsilon(releases, delta)
 
 
 def client_level_dp_summary(rounds: dict[int, RoundRecord], settings: RunSettings) -> dict:

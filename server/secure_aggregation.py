@@ -17,12 +17,12 @@ With client-dp = client-fixed the server cannot clip or noise (it never sees an 
 the sites do both (client/client_dp.py): each clips its update to C and adds Gaussian noise
 of std sigma C / sqrt(m) (m sites sampled), every site's weight is 1, and the securely summed
 noise has std sigma C sqrt(n / m) for the n sites that contributed: client-level DP without
-trusting the server, accounted as in server/client_dp.py with z = sigma sqrt(n / m).
+trusting the server, accounted as in server/client_dp.py with z = sigma sqrt(n / m)
+(common.privacy.client_level).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +50,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from common.config import RunSettings
+from common.privacy import client_level
 from common.protocol.records import ARRAYS, CONFIG, DECISION, DISTRIBUTED_NOISE_STDDEV, METRICS
 from server.client_dp import client_level_epsilon
 from server.strategy import PrivacyAware, RoundFailed
@@ -142,7 +143,9 @@ class SecureAggregation(Strategy):
             if self.client_dp is not None:  # each site: clip to C, add N(0, (sigma C)^2 / m)
                 sigma, clip, _ = self.client_dp
                 config[KEY_CLIPPING_NORM] = clip
-                config[DISTRIBUTED_NOISE_STDDEV] = sigma * clip / math.sqrt(len(requests))
+                config[DISTRIBUTED_NOISE_STDDEV] = client_level.distributed_noise_std(
+                    sigma, clip, len(requests)
+                )
             content = RecordDict(
                 {ARRAYS: request[ARRAYS], CONFIG: config, RECORD_KEY_CONFIGS: protocol}
             )
@@ -209,11 +212,11 @@ class SecureAggregation(Strategy):
         assert self.client_dp is not None
         sigma, clip, delta = self.client_dp
         sampled, available = self._sampling
-        z = sigma * math.sqrt(contributed / sampled) if contributed else 0.0
+        z = client_level.distributed_noise_multiplier(sigma, contributed, sampled)
         return {
             "mode": "client-fixed, secure aggregation (distributed noise)",
             "noise-multiplier": z,
-            "sample-rate": sampled / available if available else 1.0,
+            "sample-rate": client_level.client_sample_rate(sampled, available),
             "clipping-norm": clip,
             "noise-std": z * clip / contributed if contributed else 0.0,  # on the mean
             "aggregated-sites": contributed,

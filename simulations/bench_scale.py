@@ -134,13 +134,15 @@ def accountant_benchmark(sites: int, rounds: int, fraction: float, sample: int) 
     """Every site's epsilon after ``rounds`` rounds of the scale config, cold caches."""
     import tomllib
 
-    from client.privacy_round import site_delta
+    from dp_accounting import pld
+
     from client.site_data import load_site_data
-    from client.training import sample_rate, steps_per_epoch
     from common.config import SIMULATED_SITE, RunSettings
     from common.privacy import accounting, pld_cache
     from common.privacy.accounting import DpRelease, compute_epsilon
     from common.privacy.calibration import calibrate_noise_multiplier
+    from common.privacy.delta import site_delta
+    from common.privacy.sampling import sample_rate, steps_per_epoch
 
     defaults = tomllib.loads((SCALE.parents[2] / "pyproject.toml").read_text())
     run = tomllib.loads(SCALE.read_text())["run"]
@@ -161,6 +163,7 @@ def accountant_benchmark(sites: int, rounds: int, fraction: float, sample: int) 
             history[pid].append(DpRelease(sigma, q, steps))
     for cache in (
         accounting._composed_epsilon,
+        pld_cache.history_epsilon,
         pld_cache.one_step_pld,
         pld_cache.self_composed_pld,
     ):
@@ -176,7 +179,7 @@ def accountant_benchmark(sites: int, rounds: int, fraction: float, sample: int) 
     plain_started = time.perf_counter()
     worst = 0.0
     for pid in checked:
-        acc = accounting.make_accountant("pld")
+        acc = pld.PLDAccountant(value_discretization_interval=accounting.PLD_VALUE_DISCRETIZATION)
         for release in history[pid]:
             acc.compose(release.event())
         plain = acc.get_epsilon(plans[pid][3])

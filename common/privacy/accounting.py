@@ -5,6 +5,7 @@ noise multiplier sigma (noise std = sigma * C for clip norm C). Epsilon at a giv
 computed by composing every batch with a well-kept accountant:
 
 - "pld": Google dp-accounting's privacy-loss-distribution accountant (tightest; the default),
+  on cached PLDs (common.privacy.pld_cache.CachedPLDAccountant),
 - "rdp": dp-accounting's Renyi-DP accountant (looser, equal to Opacus's RDP accountant).
 
 Nothing here stores an epsilon: callers keep (sigma, q, k) and ask again (STYLE.md, dp-accounting).
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import dp_accounting
-from dp_accounting import pld, rdp
+from dp_accounting import rdp
 
-from common.privacy.pld_cache import pld_epsilon
+from common.privacy.pld_cache import CachedPLDAccountant
 
 ACCOUNTANTS = ("pld", "rdp")
 
@@ -64,67 +65,63 @@ class DpRelease:
         return dp_accounting.SelfComposedDpEvent(step, self.steps)
 
 
+@dataclass(frozen=True)
+class NonPrivateRelease:
+    """An update trained without DP left the site (run ``run_id``, round ``round``): no epsilon
+    bound holds for its records any more (dp-accounting's NonPrivateDpEvent: epsilon = inf)."""
+
+    run_id: str
+    round: int
+
+    def event(self) -> dp_accounting.DpEvent:
+        return dp_accounting.NonPrivateDpEvent()
+
+
+Release = DpRelease | NonPrivateRelease
+
+
 def make_accountant(name: str) -> dp_accounting.PrivacyAccountant:
-    """A fresh accountant of the named kind ("pld" or "rdp")."""
+    """A fresh accountant of the named kind: "pld" (dp-accounting's PLD accountant on cached
+    PLDs, common.privacy.pld_cache) or "rdp" (dp-accounting's RdpAccountant)."""
     if name == "pld":
-        return pld.PLDAccountant(value_discretization_interval=PLD_VALUE_DISCRETIZATION)
+        return CachedPLDAccountant(value_discretization=PLD_VALUE_DISCRETIZATION)
     if name == "rdp":
         return rdp.RdpAccountant()
     raise ValueError(f"unknown accountant {name!r}; use one of {', '.join(ACCOUNTANTS)}")
 
 
-def compute_epsilon(releases: Iterable[DpRelease], delta: float, accountant: str = "pld") -> float:
-    """Epsilon at ``delta`` of all ``releases`` composed (0.0 when nothing was released)."""
+def compute_epsilon(releases: Iterable[Release], delta: float, accountant: str = "pld") -> float:
+    """Epsilon at ``delta`` of all ``releases`` composed (0.0 when nothing was released, inf
+    once a non-private release is among them)."""
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"unknown accountant {accountant!r}; use one of {', '.join(ACCOUNTANTS)}")
     merged: dict[tuple[float, float], int] = {}
+    non_private = False
     for release in releases:
-        if release.steps:
+        if isinstance(release, NonPrivateRelease):
+            non_private = True
+        elif release.steps:
             key = (release.noise_multiplier, release.sample_rate)
             merged[key] = merged.get(key, 0) + release.steps
-    if not merged:
+    if not (merged or non_private):
         return 0.0
-    if accountant == "pld" and all(q == 1.0 for _, q in merged):
-        return gaussian_epsilon(merged, delta)
-    return _composed_epsilon(tuple(sorted(merged.items())), delta, accountant)
-
-
-def gaussian_epsilon(batches: dict[tuple[float, float], int], delta: float) -> float:
-    """Exact epsilon of Gaussian answers without subsampling (q = 1): k_i answers at z_i
-    compose to one Gaussian mechanism with z = (sum k_i / z_i^2)^(-1/2) (their privacy loss
-    is Gaussian), whose delta(epsilon) dp-accounting's GaussianPrivacyLoss gives exactly
-    (Balle & Wang 2018); epsilon is found by bisection. Equal to the PLD accountant up to its
-    discretization (which only over-reports), and thousands of times faster at many answers."""
-    from dp_accounting.pld.privacy_loss_mechanism import GaussianPrivacyLoss
-
-    z = sum(k / sigma**2 for (sigma, _), k in batches.items()) ** -0.5
-    loss = GaussianPrivacyLoss(standard_deviation=z, sensitivity=1.0)
-    if loss.get_delta_for_epsilon(0.0) <= delta:
-        return 0.0
-    low, high = 0.0, 1.0
-    while loss.get_delta_for_epsilon(high) > delta:
-        low, high = high, 2 * high
-    for _ in range(60):  # to ~1e-15 relative: delta(eps) is decreasing in eps
-        mid = (low + high) / 2
-        if loss.get_delta_for_epsilon(mid) > delta:
-            low = mid
-        else:
-            high = mid
-    return high
+    return _composed_epsilon(tuple(merged.items()), non_private, delta, accountant)
 
 
 @lru_cache(maxsize=1024)
 def _composed_epsilon(
-    batches: tuple[tuple[tuple[float, float], int], ...], delta: float, accountant: str
+    batches: tuple[tuple[tuple[float, float], int], ...],
+    non_private: bool,
+    delta: float,
+    accountant: str,
 ) -> float:
-    """Cached: each round asks again for the same history (spent before, spent after). PLD:
-    the same composition as PLDAccountant, with per-(sigma, q) and per-(sigma, q, k) PLDs
-    reused across histories (common.privacy.pld_cache)."""
-    if accountant == "pld":
-        return pld_epsilon(batches, delta, PLD_VALUE_DISCRETIZATION)
+    """Cached: each round asks again for the same history (spent before, spent after). One
+    event per (sigma, q) group (RDP: sorted; the PLD accountant orders them itself)."""
     acc = make_accountant(accountant)
-    for (sigma, q), steps in batches:
+    for (sigma, q), steps in batches if accountant == "pld" else sorted(batches):
         acc.compose(DpRelease(sigma, q, steps).event())
+    if non_private:
+        acc.compose(dp_accounting.NonPrivateDpEvent())
     return float(acc.get_epsilon(delta))

@@ -26,7 +26,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.privacy.accounting import ACCOUNTANTS, DpRelease, compute_epsilon
+from common.privacy.accounting import (
+    ACCOUNTANTS,
+    DpRelease,
+    NonPrivateRelease,
+    Release,
+    compute_epsilon,
+)
 
 SCHEMA_NAME = "fedpriv-ledger"
 # 2: releases.epsilon_budget, runs.requested_noise_multiplier, non-private;
@@ -446,10 +452,13 @@ class PrivacyLedger:
         """Epsilon at ``delta`` of every release recorded on this dataset after release
         ``since`` (the oldest record's, for the budget of every record), infinite once an
         update trained without DP left the site: no epsilon bound holds after that."""
-        if self.non_private_rounds(fingerprint):
-            return math.inf
-        releases = [r.release for r in self.rows(fingerprint, since=since)]
-        return compute_epsilon(releases, delta, accountant)
+        return compute_epsilon(self._releases(fingerprint, since), delta, accountant)
+
+    def _releases(self, fingerprint: str, since: int) -> list[Release]:
+        """What counts on this dataset after release ``since``: its DP releases, then every
+        update trained without DP (whenever it left: no bound holds for any record after it)."""
+        past: list[Release] = [r.release for r in self.rows(fingerprint, since=since)]
+        return past + [NonPrivateRelease(*row) for row in self.non_private_rounds(fingerprint)]
 
     def non_private_rounds(self, fingerprint: str) -> list[tuple[str, int]]:
         """(run id, round) of every update trained on this dataset without DP."""
@@ -527,10 +536,8 @@ class PrivacyLedger:
         if not (math.isfinite(epsilon_budget) and epsilon_budget >= 0):
             raise ValueError(f"epsilon budget must be a finite number >= 0, got {epsilon_budget}")
         with self._transaction():
-            past = [r.release for r in self.rows(fingerprint, since=since)]
-            if self.non_private_rounds(fingerprint):
-                raise BudgetExceededError(math.inf, math.inf, epsilon_budget)
-            spent = compute_epsilon(past, delta, accountant)
+            past = self._releases(fingerprint, since)
+            spent = compute_epsilon(past, delta, accountant)  # inf after a non-private update
             after = compute_epsilon([*past, release], delta, accountant)
             if after > epsilon_budget:
                 raise BudgetExceededError(spent, after, epsilon_budget)

@@ -44,12 +44,10 @@ def dataset_report(
         rows = ledger.rows(fingerprint)
         limit, at_delta, accountant = _settings(rows, budget, delta)
         non_private = ledger.non_private_rounds(fingerprint)
-        if non_private:
-            spent = math.inf
-        elif at_delta is None:
-            spent = 0.0
+        if at_delta is None:  # nothing DP released: no delta to report at
+            spent = math.inf if non_private else 0.0
         else:
-            spent = compute_epsilon([r.release for r in rows], at_delta, accountant)
+            spent = ledger.epsilon_spent(fingerprint, at_delta, accountant)
         out.append(
             {
                 "dataset": name,

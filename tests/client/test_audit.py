@@ -9,10 +9,11 @@ from scipy.stats import binomtest
 from torch.utils.data import TensorDataset
 
 from client.audit import audit_from_losses, epsilon_lower_bound, tpr_at_fpr
-from client.training import DpSgdSettings, sample_rate, steps_per_epoch, train_locally
+from client.training import DpSgdSettings, train_locally
 from common.data.registry import load_dataset
 from common.evaluation import per_example
 from common.models.tabular import build_tabular_model
+from common.privacy.sampling import sample_rate, steps_per_epoch
 from tests.reference_accountants import reference_pld
 
 N = 150  # members and non-members each

@@ -4,7 +4,7 @@ import pytest
 
 import client.privacy_round as privacy_round
 from client.policy import RoundRefused
-from client.privacy_round import BudgetRefused, authorize_round, site_budget, site_delta
+from client.privacy_round import BudgetRefused, authorize_round, site_budget
 from common.config import SiteSettings
 from common.privacy.accounting import DpRelease, compute_epsilon
 from common.privacy.ledger import PrivacyLedger, RunPlan
@@ -74,22 +74,7 @@ def rows(ledger_path):
         return ledger.rows(FP)
 
 
-# --- delta and budget --------------------------------------------------------------------
-
-
-def test_default_delta_is_a_tenth_of_one_over_n():
-    delta = site_delta(NO_POLICY, 0.0, num_records=500)
-    assert delta == pytest.approx(2e-4) and delta < 1 / 500
-
-
-def test_the_server_may_ask_for_a_smaller_delta_but_not_a_larger_one():
-    assert site_delta(NO_POLICY, 1e-6, num_records=500) == 1e-6
-    assert site_delta(NO_POLICY, 0.5, num_records=500) == pytest.approx(2e-4)
-
-
-def test_the_site_delta_wins_over_the_request():
-    assert site_delta(SiteSettings(delta=1e-7), 1e-6, num_records=500) == 1e-7
-    assert site_delta(SiteSettings(delta=1e-3), 1e-6, num_records=500) == 1e-3
+# --- budget (the delta rule: tests/common/privacy/test_delta.py) -------------------------
 
 
 def test_budget_is_the_sites_else_the_runs_target():

@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from opacus.data_loader import DPDataLoader
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from client import training
-from client.training import DpSgdSettings, sample_rate, steps_per_epoch, train_locally
+from client.training import DpSgdSettings, train_locally
 from common.evaluation import evaluate
 from common.models.losses import TokenCrossEntropy
 from common.models.tabular import build_tabular_model
 from common.models.text import LoraSettings, encode_texts, load_text_classifier
 from common.models.tiny import save_tiny_bert
 from common.models.weights import trainable_state
+from common.privacy.sampling import steps_per_epoch
 
 transformers.logging.set_verbosity_error()
 WORDS = "the movie film was great awful good bad fun boring acting plot story very really".split()
@@ -41,24 +41,6 @@ def _texts(tokenizer, n: int, seed: int = 0) -> TensorDataset:
 
 def _changed(before: dict, after: dict) -> set[str]:
     return {k for k in before if not np.array_equal(before[k], after[k])}
-
-
-@pytest.mark.parametrize(
-    ("n", "batch", "q", "steps"), [(100, 32, 0.25, 4), (96, 32, 1 / 3, 3), (5, 64, 1.0, 1)]
-)
-def test_sample_rate_and_steps(n, batch, q, steps):
-    assert sample_rate(n, batch) == pytest.approx(q)
-    assert steps_per_epoch(n, batch) == steps
-
-
-def test_steps_per_epoch_equals_opacus_loader_length():
-    for n in range(1, 300, 7):
-        for batch in (1, 3, 16, 32, 49, 64, 500):
-            loader = DPDataLoader.from_data_loader(
-                DataLoader(TensorDataset(torch.zeros(n, 1)), batch_size=batch)
-            )
-            assert len(loader) == steps_per_epoch(n, batch), (n, batch)
-            assert loader.sample_rate == sample_rate(n, batch)
 
 
 @pytest.mark.parametrize("dp", [None, DpSgdSettings(1.0, 1.0)])

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from client.site_data import load_site_data
-from client.training import sample_rate, steps_per_epoch
 from common.config import RunSettings, SiteSettings
+from common.privacy.sampling import sample_rate, steps_per_epoch
 from simulations.run import load_simulation_config, run_simulation
 from tests.reference_accountants import reference_pld
 

@@ -8,12 +8,13 @@ Tolerances: PLD vs PLD and PLD vs PRV within 1%; our "rdp" vs Opacus RDP within 
 
 import math
 
+import dp_accounting
 import pytest
 from opacus.accountants import PRVAccountant
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from common.privacy.accounting import DpRelease, compute_epsilon
+from common.privacy.accounting import DpRelease, NonPrivateRelease, compute_epsilon, make_accountant
 from tests.reference_accountants import opacus_rdp as _opacus_rdp
 from tests.reference_accountants import reference_pld as _reference_pld
 
@@ -145,6 +146,24 @@ def test_zero_steps_spend_nothing(accountant):
     assert compute_epsilon(with_empty, DELTA, accountant) == compute_epsilon(
         with_empty[:1], DELTA, accountant
     )
+
+
+# --- non-private releases ------------------------------------------------------------------
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_a_non_private_release_voids_every_bound(accountant):
+    assert isinstance(NonPrivateRelease("baseline", 3).event(), dp_accounting.NonPrivateDpEvent)
+    history = [DpRelease(1.0, 0.01, 100), NonPrivateRelease("baseline", 3)]
+    assert compute_epsilon(history, DELTA, accountant) == math.inf
+    assert compute_epsilon(history[1:], DELTA, accountant) == math.inf
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_each_accountant_is_a_dp_accounting_privacy_accountant(accountant):
+    acc = make_accountant(accountant)
+    assert isinstance(acc, dp_accounting.PrivacyAccountant)
+    acc.compose(DpRelease(1.1, 0.2, 50).event())
+    expected = compute_epsilon([DpRelease(1.1, 0.2, 50)], DELTA, accountant)
+    assert acc.get_epsilon(DELTA) == pytest.approx(expected, rel=1e-12)
 
 
 # --- bad input -----------------------------------------------------------------------------
