@@ -9,7 +9,6 @@ from torch.utils.data import TensorDataset
 from client import training
 from client.training import DpSgdSettings, train_locally
 from common.evaluation import evaluate
-from common.models.losses import TokenCrossEntropy
 from common.models.tabular import build_tabular_model
 from common.models.text import LoraSettings, encode_texts, load_text_classifier
 from common.models.tiny import save_tiny_bert
@@ -303,18 +302,6 @@ def _tagged(tokenizer, n: int, seed: int = 0):
     return encode_tagged_words(tokenizer, sentences, tags, max_length=16)
 
 
-def test_token_loss_of_an_example_is_its_own_mean_over_scored_tokens():
-    logits = torch.randn(3, 5, 4)
-    labels = torch.tensor([[-100, 1, 2, -100, -100], [-100, 0, -100, -100, -100], [3] * 5])
-    per_example = TokenCrossEntropy(reduction="none")(logits, labels)
-    for b in range(3):
-        scored = labels[b] != -100
-        alone = torch.nn.functional.cross_entropy(logits[b][scored], labels[b][scored])
-        torch.testing.assert_close(per_example[b], alone)
-    mean = TokenCrossEntropy()(logits, labels)
-    torch.testing.assert_close(mean, per_example.mean())
-
-
 @pytest.mark.parametrize("mode", ["hooks", "ghost", "bookkeeping"])
 def test_dp_token_step_without_noise_or_clipping_is_the_plain_step(tiny_bert, mode):
     plain, tokenizer = load_text_classifier(
@@ -362,29 +349,6 @@ def test_ghost_clipping_equals_per_example_clipping_for_tokens(tiny_bert):
     a, b = trainable_state(models[0][0]), trainable_state(models[1][0])
     for key, value in a.items():
         np.testing.assert_allclose(b[key], value, atol=1e-5, rtol=0, err_msg=key)
-
-
-def test_weighted_token_loss_is_each_sentences_own_weighted_mean():
-    logits = torch.randn(3, 5, 4)
-    labels = torch.tensor([[-100, 1, 0, 0, -100], [-100, 0, -100, -100, -100], [3, 0, 0, 2, 0]])
-    weight = torch.tensor([0.1, 1.0, 1.0, 1.0])  # O (tag 0) weighs 0.1
-    loss = TokenCrossEntropy(reduction="none", weight=weight)
-    per_example = loss(logits, labels)
-    for b in range(3):
-        scored = labels[b] != -100
-        ce = torch.nn.functional.cross_entropy(
-            logits[b][scored], labels[b][scored], reduction="none"
-        )
-        w = weight[labels[b][scored]]
-        torch.testing.assert_close(per_example[b], (w * ce).sum() / w.sum())
-    changed_logits, changed_labels = logits.clone(), labels.clone()
-    changed_logits[1] += torch.randn(5, 4)  # another sentence: its words and tags
-    changed_labels[1, 1] = 2
-    after = loss(changed_logits, changed_labels)
-    assert after[1] != per_example[1]
-    assert torch.equal(after[[0, 2]], per_example[[0, 2]])  # the others' losses do not move
-    with pytest.raises(ValueError, match="positive"):
-        TokenCrossEntropy(weight=torch.tensor([0.0, 1.0]))
 
 
 def test_dataset_tag_weights_choose_the_weighted_token_loss():
