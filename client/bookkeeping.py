@@ -20,6 +20,9 @@ Noise sigma*C, the step (``DPOptimizerFastGradientClipping``) and Poisson sampli
 (``DPDataLoader``) stay Opacus's: the mechanism, so the accounting, is ghost clipping's.
 Our own because no maintained library does it: FastDP (Bu et al.'s code) is pinned to old torch
 and Opacus implements ghost clipping only.
+
+Over 300 lines because it is one algorithm whose parts (hooks that keep activations and output
+gradients, per-layer norms, the clipped weighted products) only make sense read together.
 """
 
 from __future__ import annotations

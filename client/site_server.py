@@ -13,6 +13,9 @@ Faults: each connection has its own thread, a deadline to send its request and r
 "busy"). Requests reach the site one at a time (a lock: the site's ledger and models are one
 state). A client that disconnects mid-training does not stop the training: the request
 completes and its spend stays recorded in the ledger (reserved before training, as always).
+
+Over 300 lines because the endpoint's security decisions (socket modes, peer credentials, the
+HMAC challenge, deadlines, the connection cap) belong in one file a site operator can audit.
 """
 
 from __future__ import annotations

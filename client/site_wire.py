@@ -14,6 +14,9 @@ dtype and shape against its .npy header and its byte length (no object dtypes: `
 is then a plain, pickle-free ``np.load``). A violation raises ``WireError`` with the reason,
 which the server sends back as an error reply. Our own framing because Flower's gRPC transport
 has no local-socket server to reuse; the records and their serialisation are Flower's.
+
+Over 300 lines because the whole wire format (framing, limits, every key and type a request or
+reply may hold) is in one file, to be audited at once.
 """
 
 from __future__ import annotations

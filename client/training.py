@@ -5,6 +5,9 @@ q (sample rate); each per-example gradient is clipped to L2 norm C (max_grad_nor
 sum gets Gaussian noise N(0, sigma^2 C^2 I) (sigma = noise_multiplier) and is divided by the
 expected batch size q*n. Each step is one DP release; the ledger accounts for
 ``num_steps`` releases at (sigma, q) per call.
+
+Over 300 lines because ``train_locally`` is the one place where a site's steps run, DP or not,
+with Opacus's engine set up, the memory manager and the per-step bookkeeping side by side.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ saved model and the coordinator's own held-out records (server/explanations.py).
 when it finishes; for a finished results folder, and to compare with a non-DP baseline run:
 
     fedpriv-report results/<run> [--baseline results/<baseline-run>]
+
+Over 300 lines because it writes one document, section by section, in reading order.
 """
 
 from __future__ import annotations

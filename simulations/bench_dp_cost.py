@@ -17,6 +17,8 @@ the process's peak resident set (polled every 2 ms) while training, and the grow
 loaded model.
 Table 2: bytes of the ArrayRecord protobuf a site sends per round, full vs LoRA.
 Both tables are printed as Markdown and written to ``<results-dir>/bench-dp-cost.md``.
+
+Over 300 lines because a benchmark script keeps its cases, measurement and table together.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ For each task, one run each of:
 Scores are on the same held-out test set (never seen by any site): accuracy, or entity
 micro-F1 for NER. Each row has its wall time. The Markdown table is printed and written to
 ``<results-dir>/bench-utility.md``.
+
+Over 300 lines because a benchmark script keeps its rows (each a full run recipe), measurement
+and table together.
 """
 
 from __future__ import annotations

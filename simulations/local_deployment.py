@@ -5,6 +5,9 @@ coordinator and its sites run, on 127.0.0.1 with free ports, every process stopp
 
 Used by the deployment tests and the round-overhead benchmark; the README's runbooks give the
 same commands for real machines.
+
+Over 300 lines because it starts and stops a whole federation (CA and certificates, SuperLink,
+site services, SuperNodes, runs) in the order the runbooks give.
 """
 
 from __future__ import annotations

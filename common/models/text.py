@@ -1,5 +1,10 @@
 """Hugging Face sequence and token classifiers (full fine-tuning, LoRA or a head on a frozen
-encoder), pooled the way the checkpoint was trained; encoding of texts."""
+encoder), pooled the way the checkpoint was trained; encoding of texts.
+
+Over 300 lines because loading is one path with its checks (local files only, LoRA targets,
+tokenizer fits the model, pooling from the checkpoint): a reader follows from_pretrained to a
+trainable model in one file.
+"""
 
 from __future__ import annotations
 
