@@ -20,7 +20,7 @@ from common.config import (
     load_sites_file,
 )
 from common.privacy.ledger import default_ledger_path
-from common.task import pick_device
+from common.task import model_source, pick_device
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ def build_site(
     settings = RunSettings.from_run_config(run_config)
     if partition_id < 0:
         _check_deployed_policy(policy)
+    if partition_id < 0 or policy.base_models:
+        check_base_model(settings, policy)
     name, _ = load_site_records(settings, policy, max(partition_id, 0), num_partitions)
     ledger_path = _ledger_path(settings, policy, partition_id, run_id, name)
     data = load_site_data(settings, policy, partition_id, num_partitions, str(ledger_path))
@@ -79,6 +81,31 @@ def build_site(
         device=pick_device(),
         session=f"flower-run-{run_id}",
     )
+
+
+def check_base_model(settings: RunSettings, policy: SiteSettings) -> None:
+    """A text run's pretrained model must be one the site's policy lists (``base-models``; ""
+    = the packaged MiniLM only, "*" = any): the coordinator names it, the site decides whether
+    its service loads it. Local paths compare by their resolved directory."""
+    if settings.model != "text" or "*" in policy.base_model_list:
+        return
+    wanted = settings.model_name_or_path
+    if not policy.base_model_list:
+        allowed = not wanted  # the packaged MiniLM only
+    else:
+        listed = {_canonical(name) for name in policy.base_model_list}
+        allowed = _canonical(model_source(settings)) in listed
+    if not allowed:
+        raise ConfigError(
+            f"this site does not load the model {wanted or 'the packaged MiniLM'!r}: its "
+            f"policy's base-models lists {policy.base_model_list or ['the packaged MiniLM']}"
+        )
+
+
+def _canonical(name_or_path: str) -> str:
+    path = Path(name_or_path).expanduser()
+    local = path.is_absolute() or name_or_path.startswith((".", "~"))
+    return str(path.resolve()) if local else name_or_path
 
 
 def _check_deployed_policy(policy: SiteSettings) -> None:

@@ -49,6 +49,11 @@ class SiteSettings:
     (non-private statistics of training records, capped). group-columns: columns whose groups
     may get (noisy) fairness counts ("*" = any that is not identifier-like; "" = none).
     min-cell-size: group cells with fewer (noisy) records are suppressed.
+
+    What the service runs: base-models: the pretrained models it loads for a run (comma list of
+    local directories or hub names; "" = only the packaged MiniLM; "*" = any). A deployed site
+    refuses a run whose model-name-or-path it does not list: the coordinator does not choose
+    what the site's service reads from its disk or downloads.
     """
 
     name: str = ""
@@ -87,6 +92,7 @@ class SiteSettings:
     release_audit_figures: bool = False
     group_columns: str = ""
     min_cell_size: int = setting(10, low=0)
+    base_models: str = ""
 
     @classmethod
     def from_mapping(
@@ -129,6 +135,10 @@ class SiteSettings:
         return names or None
 
     @property
+    def base_model_list(self) -> list[str]:
+        return [c.strip() for c in self.base_models.split(",") if c.strip()]
+
+    @property
     def group_column_list(self) -> list[str]:
         return [c.strip() for c in self.group_columns.split(",") if c.strip()]
 
@@ -142,6 +152,7 @@ SIMULATED_SITE = SiteSettings(
     allow_audit=True,
     release_audit_figures=True,
     group_columns="*",
+    base_models="*",
 )
 
 

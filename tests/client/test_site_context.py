@@ -74,3 +74,34 @@ def test_a_deployed_site_must_name_its_data():
 def test_a_bad_node_config_is_named(site_csv):
     with pytest.raises(ConfigError, match="node config: unknown keys"):
         deployed({"data-file": str(site_csv), "budget": 3.0})
+
+
+def test_a_deployed_site_loads_only_the_base_models_its_policy_lists(tmp_path, site_csv):
+    from common.models.tiny import save_tiny_bert
+
+    mine, theirs = save_tiny_bert(tmp_path / "mine"), save_tiny_bert(tmp_path / "theirs")
+    site = {"data-file": str(site_csv), "epsilon-budget": 4.0, "ledger": str(tmp_path / "l.db")}
+    text_run = {"dataset": "rotten-tomatoes", "model": "text"}
+    # no list: only the packaged MiniLM; a path the coordinator names is refused
+    with pytest.raises(ConfigError, match="does not load the model"):
+        deployed(site, **text_run, **{"model-name-or-path": str(theirs)})
+    with pytest.raises(ConfigError, match="does not load the model"):
+        deployed(site, **text_run, **{"model-name-or-path": "some-org/some-hub-model"})
+    listed = {**site, "base-models": f"{mine}, other-org/model"}
+    with pytest.raises(ConfigError, match="base-models lists"):
+        deployed(listed, **text_run, **{"model-name-or-path": str(theirs)})
+    with pytest.raises(ConfigError, match="does not load the model 'the packaged MiniLM'"):
+        deployed(listed, **text_run)  # a list replaces the default
+    # tabular runs load no pretrained model: nothing to check
+    assert deployed(site, **{"model-name-or-path": str(theirs)}).settings.model == "mlp"
+
+
+def test_a_listed_base_model_is_matched_by_its_resolved_path(tmp_path, site_csv):
+    from client.site_context import check_base_model
+    from common.config import RunSettings
+
+    policy = SiteSettings(base_models=str(tmp_path / "models" / ".." / "mine"))
+    run = RunSettings(model="text", model_name_or_path=str(tmp_path / "mine"))
+    check_base_model(run, policy)  # no error
+    check_base_model(run, SiteSettings(base_models="*"))
+    assert SIMULATED_SITE.base_models == "*"
