@@ -90,7 +90,9 @@ def test_a_tokenizer_from_another_model_is_refused(tiny_bert, tmp_path):
 
 @pytest.mark.parametrize(("dp", "lora", "frozen"), [(True, False, True), (False, False, False)])
 def test_dp_full_fine_tuning_freezes_the_word_embeddings(tiny_bert, dp, lora, frozen):
-    settings = RunSettings(model="text", model_name_or_path=str(tiny_bert), lora=lora, dp=dp)
+    settings = RunSettings(
+        model="text", model_name_or_path=str(tiny_bert), finetune="lora" if lora else "full", dp=dp
+    )
     data = LabeledData("text", np.array([0, 1]), ["a", "b"], texts=["good film", "bad film"])
     model, _ = build_model(settings, data, "cpu")
     table = model.model.get_input_embeddings().weight
