@@ -5,31 +5,37 @@ records (``common.privacy.gaussian_sum``): per record the vector (1, correct, mi
 — a sentence: (1, its share of correct words, min(mean loss, B)/B, its entity TP/FP/FN clipped
 to L2 norm E) — summed, with noise N(0, (z Delta)^2), Delta = sqrt(3) (NER: sqrt(3 + E^2)).
 Accuracy = noisy correct / noisy n and loss = B x noisy loss sum / noisy n are post-processing.
-The answer is reserved in the ledger (dataset ``<site>/validation``) against the site's budget
-before it is computed; once the budget cannot afford one, the site refuses. ``"exact"`` answers
-are non-private, allowed only by the site's policy and capped per day; ``"off"`` refuses.
+The site's gate (client/gate.py) reserves the answer in the ledger (dataset
+``<site>/validation``) against the site's budget before it is computed; once the budget cannot
+afford one, the site refuses. ``"exact"`` answers are non-private, allowed only by the site's
+policy and capped per day (the gate's cap); ``"off"`` refuses.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-import time
 
 import numpy as np
 
+from client.gate import (
+    BudgetRefused,
+    check_non_private_answers,
+    reserve_answer,
+    validation_budget,
+    validation_delta,
+)
+from client.policy import RoundRefused
 from client.site_context import Site
 from common.entities import COUNTS, count_metrics
 from common.evaluation import RecordOutcomes
-from common.privacy.delta import site_delta
-from common.privacy.gaussian_sum import clip_rows, gaussian_release, gaussian_sum
-from common.privacy.ledger import BudgetExceededError, PrivacyLedger
-from common.protocol.records import BUDGET_EXHAUSTED, RELEASE_REFUSED, TRAINED
+from common.privacy.gaussian_sum import clip_rows, gaussian_sum
+from common.privacy.ledger import PrivacyLedger
+from common.protocol.records import RELEASE_REFUSED, TRAINED
 
 Metrics = dict[str, float | int]
 
 ENTITY_CLIP = 2.0  # E: L2 bound of one sentence's entity counts
-DAY = 86_400.0
 
 
 class EvaluationRefused(Exception):
@@ -58,43 +64,6 @@ def release_evaluation(
     return _noisy(site, outcomes, run_key, server_round)
 
 
-def validation_delta(site: Site) -> float:
-    """delta of the validation records' answers: the site's, for its n validation records."""
-    return site_delta(site.policy, site.settings.target_delta, len(site.data.validation))
-
-
-def validation_budget(site: Site) -> float:
-    return site.policy.epsilon_budget or site.settings.target_epsilon
-
-
-def reserve_answer(
-    ledger: PrivacyLedger, site: Site, z: float, purpose: str, run_key: str, server_round: int
-) -> int:
-    """Reserve one Gaussian answer (noise multiplier z) on the validation records against the
-    budget of the oldest of them; BudgetExceededError (nothing recorded) if it cannot afford
-    it. The caller computes the answer, then ``ledger.mark_released(row, 1)``."""
-    return ledger.reserve(
-        site.data.validation_key,
-        run_key,
-        server_round,
-        gaussian_release(z),
-        delta=validation_delta(site),
-        accountant=site.settings.accountant,
-        epsilon_budget=validation_budget(site),
-        since=site.data.validation_since,
-        purpose=purpose,
-        session=site.session,
-    )
-
-
-def non_private_answers_today(ledger: PrivacyLedger) -> int:
-    """Non-private answers (exact evaluation, audit figures) recorded in the last 24 h."""
-    return sum(
-        ledger.policy_releases_since(time.time() - DAY, purpose)
-        for purpose in ("exact-evaluation", "audit-figures")
-    )
-
-
 def vectors(outcomes: RecordOutcomes, loss_bound: float) -> tuple[np.ndarray, float, list[str]]:
     """Per-record vectors, their sensitivity Delta and the entity types (NER) they hold."""
     n = len(outcomes.losses)
@@ -121,8 +90,8 @@ def _noisy(site: Site, outcomes: RecordOutcomes, run_key: str, server_round: int
     with PrivacyLedger(site.ledger_path) as ledger:
         try:
             row_id = reserve_answer(ledger, site, z, "evaluation", run_key, server_round)
-        except BudgetExceededError as err:
-            raise EvaluationRefused(BUDGET_EXHAUSTED, f"evaluation refused: {err}") from err
+        except BudgetRefused as refusal:
+            raise EvaluationRefused(refusal.status, f"evaluation refused: {refusal}") from refusal
         noisy = gaussian_sum(rows, sensitivity, z, np.random.default_rng(secrets.randbits(128)))
         ledger.mark_released(row_id, 1)  # recorded before the answer leaves
         spent = ledger.epsilon_spent(
@@ -150,15 +119,11 @@ def _noisy(site: Site, outcomes: RecordOutcomes, run_key: str, server_round: int
 def _exact(site: Site, outcomes: RecordOutcomes, run_key: str, server_round: int) -> Metrics:
     """A non-private answer: only under ``evaluation = "exact"``, at most
     ``max-exact-answers-per-day`` (with audit figures) in any 24 hours."""
-    cap = site.policy.max_exact_answers_per_day
     with PrivacyLedger(site.ledger_path) as ledger:
-        used = non_private_answers_today(ledger)
-        if used >= cap:
-            raise EvaluationRefused(
-                RELEASE_REFUSED,
-                f"evaluation refused: {used} non-private answers in the last 24 h "
-                f"(site max-exact-answers-per-day = {cap})",
-            )
+        try:
+            check_non_private_answers(ledger, site.policy)
+        except RoundRefused as refusal:
+            raise EvaluationRefused(refusal.status, f"evaluation refused: {refusal}") from refusal
         ledger.record_policy_release(
             site.data.validation_key, run_key, server_round, "exact-evaluation", site.session
         )

@@ -21,20 +21,17 @@ import secrets
 import numpy as np
 
 from client.audit import audit_from_losses
-from client.evaluation_release import (
-    EvaluationRefused,
-    non_private_answers_today,
-    release_evaluation,
-    reserve_answer,
-)
+from client.evaluation_release import EvaluationRefused, release_evaluation
+from client.gate import BudgetRefused, check_non_private_answers, reserve_answer
 from client.local_round import Metrics, site_model
+from client.policy import RoundRefused
 from client.site_context import Site
 from client.site_data import reference_schema
 from common.evaluation import per_example, record_outcomes
 from common.group_counts import CELLS, sensitive_values, to_metrics
 from common.models.weights import trainable_state
 from common.privacy.delta import site_delta
-from common.privacy.ledger import BudgetExceededError, PrivacyLedger
+from common.privacy.ledger import PrivacyLedger
 from common.task import build_model
 
 MAX_GROUPS = 20  # a column with more distinct values is identifier-like: never a group column
@@ -118,8 +115,8 @@ def group_counts(
     with PrivacyLedger(site.ledger_path) as ledger:
         try:
             row_id = reserve_answer(ledger, site, z, "group-counts", run_key, server_round)
-        except BudgetExceededError as err:
-            raise PartRefused(str(err)) from err
+        except BudgetRefused as refusal:
+            raise PartRefused(str(refusal)) from refusal
         rng = np.random.default_rng(secrets.randbits(128))
         noisy = exact + rng.normal(0.0, z, size=exact.shape)  # sensitivity 1
         ledger.mark_released(row_id, 1)
@@ -149,12 +146,10 @@ def audit_figures(
             "(release-audit-figures = false): run the audit locally"
         )
     with PrivacyLedger(site.ledger_path) as ledger:
-        used = non_private_answers_today(ledger)
-        if used >= policy.max_exact_answers_per_day:
-            raise PartRefused(
-                f"{used} non-private answers in the last 24 h (site max-exact-answers-per-day "
-                f"= {policy.max_exact_answers_per_day})"
-            )
+        try:
+            check_non_private_answers(ledger, policy)
+        except RoundRefused as refusal:
+            raise PartRefused(str(refusal)) from refusal
         model, train, _ = site_model(site, weights, "train")
         final = {"members": per_example(model, train, device=site.device)[0]}
         final["non-members"] = validation_losses

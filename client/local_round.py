@@ -1,10 +1,10 @@
-"""One training round at a site: request -> policy -> reserve spend -> DP-SGD -> record release."""
+"""One training round at a site: request -> the site's gate (client/gate.py: policy, caps, plan,
+budget, reservation) -> DP-SGD -> record the release."""
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from client.policy import Clamp, RoundRefused, check_non_private, check_round_cap
-from client.privacy_round import authorize_round
+from client.gate import authorize_round, check_request, site_budget
+from client.policy import Clamp, RoundRefused
 from client.site_context import Site
 from client.site_data import reference_schema
 from client.training import DpSgdSettings, TrainResult, train_locally
@@ -29,8 +29,6 @@ from common.privacy.ledger import PrivacyLedger
 from common.privacy.sampling import sample_rate, steps_per_epoch
 from common.protocol.records import (
     INVALID_REQUEST,
-    REPLAYED,
-    ROUND_LIMIT,
     STATUS_NAMES,
     TRAIN_METRIC_KEYS,
     TRAINED,
@@ -41,7 +39,6 @@ from common.task import build_model, check_model_fits, head_features, to_tensors
 log = logging.getLogger("fedpriv.client")
 
 Metrics = dict[str, float | int]
-DAY = 86_400.0
 
 
 def site_model(
@@ -124,9 +121,7 @@ def run_train_round(
     steps = request.local_steps or steps_per_epoch(n, request.batch_size) * request.local_epochs
     base |= {"sample-rate": q if site.policy.release_record_count else 0.0, "dp": int(request.dp)}
     try:
-        check_non_private(request, site.policy)
-        with PrivacyLedger(site.ledger_path) as ledger:
-            check_caps(ledger, site, run_id, request.server_round)
+        check_request(site, request)
     except RoundRefused as refusal:
         log.warning("site %s round %s: %s", site.data.name, request.server_round, refusal)
         state = _ledger_state(site, run_id, n, request.target_epsilon)
@@ -140,7 +135,7 @@ def run_train_round(
         with PrivacyLedger(site.ledger_path) as ledger:
             ledger.register_dataset(key, site.data.name, n)
             ledger.record_non_private(key, run_id, request.server_round)
-        budget = site.policy.epsilon_budget or request.target_epsilon
+        budget = site_budget(site.policy, request.target_epsilon)
         metrics = _metrics(site, base, result, (math.inf, budget, 0.0), rounds_trained=0)
         return RoundReply(trainable_state(model), metrics, _decision(site, TRAINED, "", ()))
 
@@ -201,31 +196,6 @@ def run_train_round(
     return RoundReply(trainable_state(model), metrics, _decision(site, TRAINED, "", grant.clamps))
 
 
-def check_caps(ledger: PrivacyLedger, site: Site, run_id: str, server_round: int) -> None:
-    """Refuse a replayed (run, round) and rounds past the site's caps, counted from its own
-    ledger: per run key (max-rounds-per-run), per asking Flower run (the same cap: new run keys
-    in one Flower run do not reset it) and per 24 hours of the site's clock (max-rounds-per-day).
-    """
-    key = site.data.train_key
-    if ledger.round_released(key, run_id, server_round):
-        raise RoundRefused(
-            REPLAYED,
-            f"replay refused: round {server_round} of run {run_id!r} was already trained and "
-            "released by this site; a round is released once",
-        )
-    check_round_cap(ledger.rounds_recorded(key, run_id), site.policy)
-    check_round_cap(ledger.sessions_rounds(site.session), site.policy)
-    cap = site.policy.max_rounds_per_day
-    if cap:
-        recent = ledger.releases_since(time.time() - DAY)
-        if recent >= cap:
-            raise RoundRefused(
-                ROUND_LIMIT,
-                f"round limit: this site trains at most {cap} round(s) a day and has trained "
-                f"{recent} in the last 24 h",
-            )
-
-
 def evaluate_received(
     site: Site, weights: dict[str, np.ndarray], run_key: str, server_round: int
 ) -> Metrics:
@@ -254,7 +224,7 @@ def _ledger_state(
     ledger: PrivacyLedger | None = None,
 ) -> Metrics:
     """The site's privacy state for a refusal: epsilon spent, budget, left, delta, rounds."""
-    budget = site.policy.epsilon_budget or requested_epsilon
+    budget = site_budget(site.policy, requested_epsilon)
     key = site.data.train_key
     owned = ledger is None
     ledger = ledger or PrivacyLedger(site.ledger_path)

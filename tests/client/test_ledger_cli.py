@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from client.gate import reserve_within_budget
 from client.ledger_cli import main
 from common.privacy.accounting import DpRelease
 from common.privacy.ledger import PrivacyLedger, RunPlan
@@ -23,7 +24,8 @@ def ledger_path(tmp_path):
         ledger.register_dataset(FP, "Cleveland", 240)
         ledger.save_run_plan(FP, "77", RunPlan(1.2, 0.05, 20, 2, 3.0, 1e-4, "pld", 1.2))
         for number in (1, 2):
-            row = ledger.reserve(
+            row = reserve_within_budget(
+                ledger,
                 FP,
                 "77",
                 number,

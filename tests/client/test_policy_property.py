@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import client.privacy_round as privacy_round
+import client.gate as gate
+from client.gate import authorize_round
 from client.policy import RoundRefused, check_non_private
-from client.privacy_round import authorize_round
 from common.config import SiteSettings
 from common.privacy.ledger import PrivacyLedger
 from common.protocol.records import STATUS_NAMES, TRAINED
@@ -90,7 +90,7 @@ def test_no_policy_and_no_request_takes_a_site_over_its_budget(policy, rounds, r
         tempfile.TemporaryDirectory(dir=FAST_TMP) as tmp,
         PrivacyLedger(Path(tmp) / "ledger.sqlite") as ledger,
     ):
-        patch.setattr(privacy_round, "calibrate_noise_multiplier", careless_calibration)
+        patch.setattr(gate, "calibrate_noise_multiplier", careless_calibration)
         for number, ((config, outcome), run_id) in enumerate(
             zip(rounds, run_ids, strict=False), start=1
         ):

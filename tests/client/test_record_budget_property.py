@@ -13,9 +13,8 @@ import dp_accounting
 import numpy as np
 
 from client.evaluation_release import EvaluationRefused, release_evaluation
-from client.local_round import check_caps
+from client.gate import authorize_round, check_caps
 from client.policy import RoundRefused
-from client.privacy_round import authorize_round
 from client.site_context import build_site
 from common.config import RunSettings, SiteSettings
 from common.data.registry import load_dataset
