@@ -21,7 +21,7 @@ class FederationSettings:
     updates (server-optimizer: Flower's FedAvg, FedAvgM, FedAdam, FedYogi; learning rate 0 =
     Flower's default)."""
 
-    num_server_rounds: int = setting(3, low=1, high=MAX_ROUNDS)
+    num_server_rounds: int = setting(3, low=1, cap=MAX_ROUNDS)
     fraction_train: float = setting(1.0, low=0, high=1)
     min_train_nodes: int = setting(2, low=1)
     fraction_evaluate: float = setting(1.0, low=0, high=1)
@@ -64,8 +64,8 @@ class ClientDpSettings:
     noised at client-clipped-count-stddev."""
 
     client_dp: str = setting("off", choices=CLIENT_DP_MODES)
-    client_noise_multiplier: float = setting(1.0, low=0, high=MAX_NOISE_MULTIPLIER, open_low=True)
-    client_clipping_norm: float = setting(1.0, low=0, high=MAX_CLIP_NORM, open_low=True)
+    client_noise_multiplier: float = setting(1.0, low=0, cap=MAX_NOISE_MULTIPLIER, open_low=True)
+    client_clipping_norm: float = setting(1.0, low=0, cap=MAX_CLIP_NORM, open_low=True)
     client_target_quantile: float = setting(0.5, low=0, high=1)
     client_clip_lr: float = setting(0.2, low=0, open_low=True)
     client_clipped_count_stddev: float = setting(1.0, low=0, open_low=True)

@@ -1,7 +1,7 @@
 """How a setting is declared once: its default, its limits and its meaning, in the dataclass field.
 
-``setting(default, low=..., high=..., choices=..., zero=...)`` stores the limits in the field's
-metadata; ``check_fields`` enforces them for every field of a settings dataclass, and
+``setting(default, low=..., high=..., cap=..., choices=..., zero=...)`` stores the limits in the
+field's metadata; ``check_fields`` enforces them for every field of a settings dataclass, and
 ``typed_values`` turns a kebab-case mapping (Flower's run config, a node config, a TOML table) into
 typed field values. Our own (a few lines) because dataclasses have no validation of their own and
 pydantic is not a dependency.
@@ -26,14 +26,16 @@ def setting(
     high: float | None = None,
     open_low: bool = False,
     open_high: bool = False,
+    cap: float | None = None,
     choices: tuple[str, ...] = (),
     zero: str = "",
     hint: str = "",
 ) -> Any:
     """A settings field: ``default``; numbers in [low, high] (``open_*``: the bound excluded;
-    always finite); strings among ``choices``; ``zero``: what 0 means, if 0 is allowed outside the
-    range (e.g. "no cap"); ``hint``: what to do instead, appended to the error."""
-    limits = {"low": low, "high": high, "open_low": open_low, "open_high": open_high}
+    always finite) and at most ``cap`` (a sanity limit beyond which no setting is meaningful,
+    shared with the request's checks); strings among ``choices``; ``zero``: what 0 means, if 0
+    is allowed outside the range (e.g. "no cap"); ``hint``: what to do, appended to the error."""
+    limits = {"low": low, "high": high, "open_low": open_low, "open_high": open_high, "cap": cap}
     return field(
         default=default, metadata={**limits, "choices": choices, "zero": zero, "hint": hint}
     )
@@ -58,23 +60,27 @@ def _violation(spec: Field, value: Any) -> str:
     meta, key = spec.metadata, kebab(spec.name)
     if meta.get("choices") and value not in meta["choices"]:
         return f"{key} must be one of {list(meta['choices'])}, got {value!r}"
-    low, high = meta.get("low"), meta.get("high")
+    low, high, cap = meta.get("low"), meta.get("high"), meta.get("cap")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return ""
-    if low is None and high is None:
+    if low is None and high is None and cap is None:
         return ""
     if value == 0 and meta.get("zero"):
         return ""
     low_ok = low is None or (value > low if meta["open_low"] else value >= low)
     high_ok = high is None or (value < high if meta["open_high"] else value <= high)
-    if math.isfinite(value) and low_ok and high_ok:
+    if math.isfinite(value) and low_ok and high_ok and (cap is None or value <= cap):
         return ""
     what = "an integer" if isinstance(spec.default, int) else "a finite number"
-    if high is None:
-        bound = f"{what} {'>' if meta['open_low'] else '>='} {low:g}"
-    else:
+    if high is not None and low is not None:
         left, right = "(" if meta["open_low"] else "[", ")" if meta["open_high"] else "]"
         bound = f"in {left}{low:g}, {high:g}{right}"
+    elif low is not None:
+        bound = f"{what} {'>' if meta['open_low'] else '>='} {low:g}"
+    else:
+        bound = what
+    if cap is not None:
+        bound += f" and at most {cap:g}"
     zero = f" (0 = {meta['zero']})" if meta.get("zero") else ""
     return f"{key} must be {bound}{zero}, got {value:g}"
 

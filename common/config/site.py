@@ -64,10 +64,8 @@ class SiteSettings:
     class_names: str = ""
     epsilon_budget: float = setting(0.0, low=0)
     delta: float = setting(0.0, low=0, high=1, open_high=True)
-    min_noise_multiplier: float = setting(
-        0.0, low=0, high=MAX_NOISE_MULTIPLIER, hint="0 = no floor"
-    )
-    max_grad_norm: float = setting(0.0, low=0, high=MAX_CLIP_NORM, hint="0 = no cap")
+    min_noise_multiplier: float = setting(0.0, low=0, cap=MAX_NOISE_MULTIPLIER, hint="0 = no floor")
+    max_grad_norm: float = setting(0.0, low=0, cap=MAX_CLIP_NORM, hint="0 = no cap")
     max_rounds_per_run: int = setting(0, low=0, hint="0 = no cap")
     allow_non_private: bool = False
     ledger: str = ""
@@ -80,10 +78,10 @@ class SiteSettings:
     evaluation_noise_multiplier: float = setting(
         3.0,
         low=MIN_EVALUATION_NOISE,
-        high=MAX_NOISE_MULTIPLIER,
+        cap=MAX_NOISE_MULTIPLIER,
         hint='below, an answer is as good as exact: say evaluation = "exact"',
     )
-    evaluation_loss_bound: float = setting(5.0, low=0, high=1e3, open_low=True)
+    evaluation_loss_bound: float = setting(5.0, low=0, cap=1e3, open_low=True)
     max_exact_answers_per_day: int = setting(100, low=0)
     max_rounds_per_day: int = setting(0, low=0, hint="0 = no cap")
     release_record_count: bool = True

@@ -99,19 +99,19 @@ class LocalTrainingSettings:
     the model at once (0 = the whole batch); how per-example gradients are clipped; the NER loss
     weight of the O tag; whether DP full fine-tuning keeps the word embeddings frozen."""
 
-    local_epochs: int = setting(1, low=1, high=MAX_LOCAL_EPOCHS)
-    local_steps: int = setting(0, low=0, high=MAX_LOCAL_STEPS, zero="local-epochs passes")
-    batch_size: int = setting(32, low=1, high=MAX_BATCH_SIZE)
-    learning_rate: float = setting(0.05, low=0, high=MAX_LEARNING_RATE, open_low=True)
+    local_epochs: int = setting(1, low=1, cap=MAX_LOCAL_EPOCHS)
+    local_steps: int = setting(0, low=0, cap=MAX_LOCAL_STEPS, zero="local-epochs passes")
+    batch_size: int = setting(32, low=1, cap=MAX_BATCH_SIZE)
+    learning_rate: float = setting(0.05, low=0, cap=MAX_LEARNING_RATE, open_low=True)
     head_learning_rate: float = setting(
-        0.0, low=0, high=MAX_LEARNING_RATE, open_low=True, zero="learning-rate"
+        0.0, low=0, cap=MAX_LEARNING_RATE, open_low=True, zero="learning-rate"
     )
     optimizer: str = setting("sgd", choices=OPTIMIZERS)
     max_physical_batch_size: int = setting(0, low=0, zero="the whole batch at once")
     grad_sample_mode: str = setting("auto", choices=GRAD_SAMPLE_MODES)
     freeze_word_embeddings: bool = True
     outside_tag_weight: float = setting(
-        1.0, low=0, high=1e3, open_low=True, hint="the NER loss weight of the O tag; entities: 1"
+        1.0, low=0, cap=1e3, open_low=True, hint="the NER loss weight of the O tag; entities: 1"
     )
 
     def check_section(self) -> None:
@@ -129,15 +129,15 @@ class SampleDpSettings:
     target_epsilon: float = setting(
         8.0,
         low=0,
-        high=MAX_TARGET_EPSILON,
+        cap=MAX_TARGET_EPSILON,
         open_low=True,
         hint="set dp=false for a non-private baseline",
     )
     target_delta: float = setting(0.0, low=0, high=1, open_high=True, hint="0 = 0.1/n per site")
     noise_multiplier: float = setting(
-        0.0, low=0, high=MAX_NOISE_MULTIPLIER, hint="0 = calibrate sigma to target-epsilon"
+        0.0, low=0, cap=MAX_NOISE_MULTIPLIER, hint="0 = calibrate sigma to target-epsilon"
     )
-    max_grad_norm: float = setting(1.0, low=0, high=MAX_CLIP_NORM, open_low=True)
+    max_grad_norm: float = setting(1.0, low=0, cap=MAX_CLIP_NORM, open_low=True)
     accountant: str = setting("pld", choices=ACCOUNTANTS)
 
     def check_section(self) -> None:

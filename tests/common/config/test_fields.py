@@ -13,6 +13,7 @@ class Knobs:
     cap: int = setting(0, low=3, zero="no cap")
     mode: str = setting("a", choices=("a", "b"))
     budget: float = setting(1.0, low=0, hint="set it in the policy")
+    sigma: float = setting(1.0, low=0, open_low=True, cap=100.0)
     free: str = ""
 
 
@@ -23,6 +24,8 @@ class Knobs:
         ({"rate": 1.5}, r"rate must be in \(0, 1\], got 1.5"),
         ({"rate": float("inf")}, "rate must be in"),
         ({"cap": 2}, r"cap must be an integer >= 3 \(0 = no cap\), got 2"),
+        ({"sigma": 0.0}, "sigma must be a finite number > 0 and at most 100, got 0"),
+        ({"sigma": 101.0}, "sigma must be a finite number > 0 and at most 100, got 101"),
         ({"mode": "c"}, r"mode must be one of \['a', 'b'\], got 'c'"),
         ({"budget": -1.0}, r"site x: budget must be a finite number >= 0, got -1 \(set it in"),
     ],
