@@ -1,4 +1,4 @@
-"""client/request.py: the site reads the server's request and refuses what is malformed."""
+"""common/protocol/request.py: the site reads the server's request and refuses what is malformed."""
 
 import math
 
