@@ -4,6 +4,9 @@ Our own code: Flower's ServerApp keeps its state in memory only. One file, writt
 temporary name and renamed over the old one (atomic on POSIX), so a ServerApp killed at any
 moment leaves either the previous checkpoint or the new one, never a torn file. Sites' ledgers
 stay the only record of their epsilon; the checkpoint holds what the sites reported.
+
+A run resumes from it only with the configuration it was written under (``check_same_run``)
+and only from the model recorded after its round (``check_model``: sha256 of the arrays).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from common.config import RunSettings
+from common.models.weights import weights_digest
+from server.records import RoundRecord
 from server.results import CHECKPOINT_FILE
-from server.strategy import RoundRecord
 
 _STATE_KEY = "__fedpriv_state__"
 
@@ -41,6 +47,63 @@ class Checkpoint:
     flower_run_ids: list[int] = field(default_factory=list)
     started: float = 0.0
     resumed: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class RunIdentity:
+    """What a run keeps across its resumes. run_id: this process's Flower run id; run_key: what
+    sites key the run's privacy plan by ("<run-name>@<first run id>"); flower_run_ids: every
+    Flower run that worked on it; resumed: each resume's run id, round and model digest;
+    started: when the first one started (epoch seconds)."""
+
+    run_name: str
+    run_id: int
+    run_key: str
+    flower_run_ids: list[int]
+    resumed: list[dict[str, Any]]
+    started: float
+
+    @classmethod
+    def of(cls, run_name: str, run_id: int, checkpoint: Checkpoint | None) -> RunIdentity:
+        """A new run's identity, or that of the run ``checkpoint`` continues."""
+        if checkpoint is None:
+            return cls(run_name, run_id, f"{run_name}@{run_id}", [run_id], [], time.time())
+        return cls(
+            run_name,
+            run_id,
+            checkpoint.run_key,
+            [*checkpoint.flower_run_ids, run_id],
+            list(checkpoint.resumed),
+            checkpoint.started,
+        )
+
+    def checkpoint(
+        self,
+        completed_round: int,
+        arrays: dict[str, np.ndarray],
+        rounds: dict[int, RoundRecord],
+        settings: RunSettings,
+    ) -> Checkpoint:
+        return Checkpoint(
+            completed_round=completed_round,
+            arrays=arrays,
+            rounds=rounds,
+            run_key=self.run_key,
+            settings=resumable_settings(settings),
+            flower_run_ids=self.flower_run_ids,
+            started=self.started,
+            resumed=self.resumed,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary's identity fields (more than one flower-run-id: the run was resumed)."""
+        return {
+            "run-name": self.run_name,
+            "run-id": self.run_id,
+            "flower-run-ids": self.flower_run_ids,
+            "resumed": self.resumed,
+            "run-key": self.run_key,
+        }
 
 
 def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> Path:
@@ -89,6 +152,48 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
         )
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"checkpoint {path} is damaged ({err}); cannot resume") from err
+
+
+def resume_checkpoint(folder: Path, settings: RunSettings) -> Checkpoint | None:
+    """The checkpoint a run with ``settings`` resumes from (None if ``folder`` holds none);
+    CheckpointError if it is damaged or was written under another configuration."""
+    checkpoint = load_checkpoint(folder)
+    if checkpoint is not None:
+        check_same_run(checkpoint.settings, settings)
+    return checkpoint
+
+
+def resumable_settings(settings: RunSettings) -> dict[str, Any]:
+    """The settings a resumed run must share with the run it continues (all but resume)."""
+    return {k: v for k, v in asdict(settings).items() if k != "resume"}
+
+
+def check_same_run(saved: dict[str, Any], settings: RunSettings) -> None:
+    """CheckpointError naming every setting that differs from the checkpoint's. A key a
+    checkpoint lacks was added to fedpriv after it was written: that run had the key's default
+    behaviour, so it counts as the default."""
+    now = resumable_settings(settings)
+    saved = resumable_settings(RunSettings()) | saved
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise CheckpointError(
+            f"resume needs the configuration of the run it continues; changed: {details}"
+        )
+
+
+def check_model(checkpoint: Checkpoint) -> str:
+    """The sha256 of the checkpoint's model; CheckpointError unless it is the digest recorded
+    for its round (the model the run had after that round)."""
+    done = checkpoint.completed_round
+    digest = weights_digest(checkpoint.arrays)
+    recorded = checkpoint.rounds[done].model_sha256 if done in checkpoint.rounds else ""
+    if digest != recorded:
+        raise CheckpointError(
+            f"the checkpoint's model (sha256 {digest[:12]}) is not the model recorded after "
+            f"round {done} ({recorded[:12] or 'none'}); refusing to resume from it"
+        )
+    return digest
 
 
 def _plain(value: Any) -> Any:

@@ -1,5 +1,6 @@
 """Client-level DP (DP-FedAvg): Flower's DifferentialPrivacy{Server,Client}Side{Fixed,Adaptive}
-Clipping wrapped around fedpriv's privacy-aware strategy, and the client-level epsilon.
+Clipping around the aggregation, inside fedpriv's privacy-aware strategy; ``ClientLevelDp``
+around both records each round's release; the client-level epsilon.
 
 Each round: every reply is first checked and recorded by the privacy-aware strategy (a
 malformed update is never clipped, only rejected); the accepted updates are clipped to norm C
@@ -7,10 +8,17 @@ malformed update is never clipped, only rejected); the accepted updates are clip
 averaged with equal weights over the n accepted sites, and Gaussian noise of std sigma * C / m
 is added to the average (m = sites sampled this round; Flower's rule).
 
-Client-level epsilon: each round is one Poisson-subsampled Gaussian release on the sites'
-updates, common.privacy.client_level (q = m/N, z = std * n / C from the std actually added and
-the C the updates were clipped with; adaptive clipping composes the noisy count of clipped
-updates into z), composed over the rounds at delta = client-dp-delta.
+Client-level epsilon (our own, because Flower's accountant covers only fixed clipping without
+sampling amplification): each round is one Poisson-subsampled Gaussian release with
+- q = sites sampled / sites available (Flower samples a fixed number m of the N sites; the
+  Poisson approximation with q = m/N is the usual one for DP-FedAvg, McMahan et al. 2018;
+  q = 1 when all sites take part, then it is exact),
+- noise multiplier z = std * n / C, from the std actually added and the C the updates were
+  clipped with (n < m after dropouts or rejections gives a smaller z than sigma),
+- adaptive clipping: the noisy count of clipped updates (std sigma_b, sensitivity 1: Flower
+  counts raw bits) is a second Gaussian release; both compose to
+  z = (z_update^-2 + sigma_b^-2)^-1/2,
+composed over the rounds with dp-accounting's PLD accountant at delta = client-dp-delta.
 """
 
 from __future__ import annotations
@@ -38,29 +46,75 @@ from common.privacy.client_level import (
     client_sample_rate,
     with_clipped_count,
 )
-from server.strategy import PrivacyAware, RoundRecord
+from server.records import RoundRecord
+from server.strategy import PrivacyAware
+
+FlowerDp = (
+    DifferentialPrivacyServerSideFixedClipping
+    | DifferentialPrivacyServerSideAdaptiveClipping
+    | DifferentialPrivacyClientSideFixedClipping
+    | DifferentialPrivacyClientSideAdaptiveClipping
+)
 
 
-class _CheckedFirst:
-    """Mixed in front of a Flower DP wrapper whose inner strategy is a PrivacyAware one:
-    replies are checked (and recorded) before the wrapper clips and aggregates them; what
-    the round actually did (m, N, n, C, noise std) is recorded for the client-level epsilon."""
+def flower_client_dp(aggregation: Strategy, settings: RunSettings) -> FlowerDp | None:
+    """Flower's DP-FedAvg wrapper of the run's client-dp mode around ``aggregation`` (None
+    when "off"). It clips (server-fixed/-adaptive; the sites clip with Flower's mods in the
+    client- modes), averages through ``aggregation`` and adds N(0, (sigma C / m)^2)."""
+    mode = settings.client_dp
+    if mode == "off":
+        return None
+    m = max(settings.min_train_nodes, 1)  # replaced by the real sample size every round
+    sigma, clip = settings.client_noise_multiplier, settings.client_clipping_norm
+    if mode == "server-fixed":
+        return DifferentialPrivacyServerSideFixedClipping(aggregation, sigma, clip, m)
+    if mode == "client-fixed":
+        return DifferentialPrivacyClientSideFixedClipping(aggregation, sigma, clip, m)
+    adaptive = (
+        DifferentialPrivacyServerSideAdaptiveClipping
+        if mode == "server-adaptive"
+        else DifferentialPrivacyClientSideAdaptiveClipping
+    )
+    return adaptive(
+        aggregation,
+        sigma,
+        m,
+        initial_clipping_norm=clip,
+        target_clipped_quantile=settings.client_target_quantile,
+        clip_norm_lr=settings.client_clip_lr,
+        clipped_count_stddev=settings.client_clipped_count_stddev,
+    )
 
-    strategy: PrivacyAware
-    clipping_norm: float
-    noise_multiplier: float
-    num_sampled_clients: int
-    mode = ""
-    client_side = False  # the sites clip: the server checks ||update|| <= C
-    adaptive = False
-    delta = 1e-5
+
+class ClientLevelDp(Strategy):
+    """Client-level DP rounds of ``strategy``, a PrivacyAware strategy whose inner strategy is
+    ``dp`` (``flower_client_dp``): replies are checked and recorded first
+    (``strategy.accept``: a malformed update is never clipped, only rejected; in the client-
+    modes an update above this round's C is rejected too), then ``dp`` clips, averages and
+    noises the accepted ones (``strategy.aggregate_accepted``); what the round did (m, N, n,
+    C, noise std) is recorded as this round's client-level release, with epsilon so far.
+
+    mode: the run's client-dp mode; delta: client-dp-delta, the delta of the epsilon.
+    """
+
+    def __init__(self, strategy: PrivacyAware, dp: FlowerDp, mode: str, delta: float) -> None:
+        self.strategy = strategy
+        self.dp = dp
+        self.mode = mode
+        self.delta = delta
+        self.client_side = mode.startswith("client-")  # the sites clip: check ||update|| <= C
+        self.adaptive = mode.endswith("-adaptive")
+        self._round = {"sampled-sites": 0, "available-sites": 0, "clipping-norm": dp.clipping_norm}
+
+    def summary(self) -> None:
+        self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        clip = self.clipping_norm  # the C of this round's clipping (adaptive: before updating)
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
-        self.num_sampled_clients = max(len(messages), 1)  # noise std sigma * C / m, m = sampled
+        clip = self.dp.clipping_norm  # the C of this round's clipping (adaptive: before updating)
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self.dp.num_sampled_clients = max(len(messages), 1)  # noise std sigma * C / m, m = sampled
         self._round = {
             "sampled-sites": len(messages),
             "available-sites": len(list(grid.get_node_ids())),
@@ -72,27 +126,26 @@ class _CheckedFirst:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         clip = float(self._round["clipping-norm"])
-        bound = clip if self.client_side else 0.0
         accepted = self.strategy.accept(
-            server_round, replies, bound, norm_bit=self.client_side and self.adaptive
+            server_round,
+            replies,
+            clip if self.client_side else 0.0,
+            norm_bit=self.client_side and self.adaptive,
         )
-        self.strategy._accepted_round = server_round
-        self._std = 0.0
-        arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+        arrays, metrics = self.strategy.aggregate_accepted(server_round, accepted)
+        # the std dp added (none without an aggregate), with the C and m it used then
+        dp = self.dp
+        std = compute_stdv(dp.noise_multiplier, dp.clipping_norm, dp.num_sampled_clients)
         rec = self.strategy.record(server_round + self.strategy.round_offset)
-        rec.client_dp = self._release(len(accepted), clip)
+        rec.client_dp = self._release(len(accepted), clip, std if arrays else 0.0)
         rec.client_dp["epsilon"] = client_level_epsilon(self.strategy.rounds, self.delta)
         return arrays, metrics
 
-    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
-        self._std = compute_stdv(
-            self.noise_multiplier, self.clipping_norm, self.num_sampled_clients
-        )
-        return super()._add_noise_to_aggregated_arrays(aggregated)  # type: ignore[misc]
-
-    def _release(self, aggregated: int, clip: float) -> dict[str, Any]:
-        z_update = central_noise_multiplier(self._std, aggregated, clip)
-        sigma_b = float(getattr(self, "clipped_count_stddev", 0.0)) if self.adaptive else 0.0
+    def _release(self, aggregated: int, clip: float, std: float) -> dict[str, Any]:
+        """The round's release (common/privacy/client_level.py: z from the noise std, the n
+        updates clipped to C; adaptive: composed with the clipped-count release)."""
+        z_update = central_noise_multiplier(std, aggregated, clip)
+        sigma_b = float(getattr(self.dp, "clipped_count_stddev", 0.0)) if self.adaptive else 0.0
         z = with_clipped_count(z_update, sigma_b) if self.adaptive else z_update
         sampled, available = self._round["sampled-sites"], self._round["available-sites"]
         return {
@@ -102,55 +155,22 @@ class _CheckedFirst:
             "clipped-count-stddev": sigma_b,
             "sample-rate": client_sample_rate(sampled, available),
             "clipping-norm": clip,
-            "noise-std": self._std,
+            "noise-std": std,
             "aggregated-sites": aggregated,
             "sampled-sites": sampled,
             "available-sites": available,
             "delta": self.delta,
         }
 
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
-class ServerFixed(_CheckedFirst, DifferentialPrivacyServerSideFixedClipping):
-    mode = "server-fixed"
-
-
-class ServerAdaptive(_CheckedFirst, DifferentialPrivacyServerSideAdaptiveClipping):
-    mode, adaptive = "server-adaptive", True
-
-
-class ClientFixed(_CheckedFirst, DifferentialPrivacyClientSideFixedClipping):
-    mode, client_side = "client-fixed", True
-
-
-class ClientAdaptive(_CheckedFirst, DifferentialPrivacyClientSideAdaptiveClipping):
-    mode, client_side, adaptive = "client-adaptive", True, True
-
-
-def with_client_dp(strategy: PrivacyAware, settings: RunSettings) -> Strategy:
-    """``strategy`` wrapped for the run's client-dp mode (unchanged when "off")."""
-    mode = settings.client_dp
-    if mode == "off":
-        return strategy
-    m = max(settings.min_train_nodes, 1)  # replaced by the real sample size every round
-    sigma, clip = settings.client_noise_multiplier, settings.client_clipping_norm
-    wrapper: _CheckedFirst
-    if mode in ("server-fixed", "client-fixed"):
-        cls = ServerFixed if mode == "server-fixed" else ClientFixed
-        wrapper = cls(strategy, sigma, clip, m)
-    else:
-        cls_a = ServerAdaptive if mode == "server-adaptive" else ClientAdaptive
-        wrapper = cls_a(
-            strategy,
-            sigma,
-            m,
-            initial_clipping_norm=clip,
-            target_clipped_quantile=settings.client_target_quantile,
-            clip_norm_lr=settings.client_clip_lr,
-            clipped_count_stddev=settings.client_clipped_count_stddev,
-        )
-    wrapper.delta = settings.client_dp_delta
-    wrapper._round = {"sampled-sites": 0, "available-sites": 0, "clipping-norm": clip}
-    return wrapper  # type: ignore[return-value]
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
 
 
 def client_level_epsilon(rounds: dict[int, RoundRecord], delta: float) -> float:

@@ -15,7 +15,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from common.group_counts import PREFIX, from_metrics, sum_counts
+from common.config import ConfigError, RunSettings
+from common.data.types import LabeledData
+from common.group_counts import PREFIX, from_metrics, sensitive_values, sum_counts
 from common.protocol.records import ARRAYS, CONFIG, METRICS
 from common.releases import AUDIT_ATTACKS as ATTACKS
 from common.releases import AUDIT_FIGURES as FIGURES
@@ -24,6 +26,48 @@ from server.fairness import group_metrics
 from server.strategy import PrivacyAware
 
 AUDIT_PREFIX = "audit-"
+
+
+def check_final_evaluation(settings: RunSettings, test: LabeledData) -> None:
+    """ConfigError, before any site trains, when the run asks for a final evaluation the
+    dataset cannot answer: an audit or group counts of a token-tagged (NER) dataset, or a
+    ``sensitive-column`` it lacks."""
+    if test.kind == "tokens" and (settings.audit or settings.sensitive_column):
+        raise ConfigError(
+            f"dataset {settings.dataset} is token-tagged (NER): the membership audit and "
+            "group counts score one label per record; set audit=false and "
+            'sensitive-column=""'
+        )
+    if settings.sensitive_column:
+        try:
+            sensitive_values(test, settings.sensitive_column)
+        except ValueError as err:
+            raise ConfigError(f"dataset {settings.dataset}: {err}") from err
+
+
+def final_sections(
+    grid: Grid, strategy: PrivacyAware, arrays: ArrayRecord, settings: RunSettings, positive: str
+) -> dict[str, Any]:
+    """With ``audit`` or ``sensitive-column``: the summary's sections from the sites'
+    evaluation of the final model (``positive``: the positive class of the group metrics);
+    else none. A failure is logged and recorded, not raised: the trained model and its
+    records are kept."""
+    if not (settings.audit or settings.sensitive_column):
+        return {}
+    try:
+        return run_final_evaluation(
+            grid,
+            strategy,
+            arrays,
+            server_round=max(strategy.rounds, default=0),
+            audit=settings.audit,
+            sensitive_column=settings.sensitive_column,
+            positive_class=positive,
+            timeout=settings.round_timeout,
+        )
+    except Exception as err:  # the run's results must survive it
+        log(WARNING, "final evaluation failed: %r", err)
+        return {"final-evaluation": {"sites": {}, "failures": [repr(err)]}}
 
 
 def run_final_evaluation(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from statistics import median
 from typing import Any
 
-from server.strategy import RoundRecord
+from server.records import RoundRecord
 
 # Above this many replying sites the line summarises them (metrics.jsonl and summary.json keep
 # every site): a round of 100 sampled sites out of 1,000 stays one readable line.

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import psutil
 
 from common.certificates import make_ca, make_server_certificate, make_site_key
-from simulations.processes import stop_tree, wait_listening
+from simulations.processes import flower_command, stop_tree, wait_listening
 from simulations.superlink import flower_env, free_port
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ class LocalFederation:
             f'root-certificates = "{(self.certs / "ca.crt").resolve()}"\n'
         )
         command = [
-            "flower-superlink",
+            flower_command("flower-superlink"),
             "--ssl-ca-certfile",
             str((self.certs / "ca.crt").resolve()),
             "--ssl-certfile",
@@ -123,7 +123,7 @@ class LocalFederation:
     def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """A ``flwr`` CLI command against this SuperLink, as the coordinator runs it."""
         return subprocess.run(
-            ["flwr", *args],
+            [flower_command("flwr"), *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -229,7 +229,12 @@ class LocalFederation:
         ``run_as``: a command prefix that drops privileges, ``home``: its FLWR_HOME."""
         home = home or self.workdir / f"site-home-{name}"
         home.mkdir(parents=True, exist_ok=True)
-        command = [*run_as, "flower-supernode", "--superlink", f"127.0.0.1:{self.port}"]
+        command = [
+            *run_as,
+            flower_command("flower-supernode"),
+            "--superlink",
+            f"127.0.0.1:{self.port}",
+        ]
         if tls:
             command += ["--root-certificates", str((self.certs / "ca.crt").resolve())]
         else:
@@ -258,7 +263,7 @@ class LocalFederation:
         config_file = self.workdir / f"run-config-{time.monotonic_ns()}.toml"
         config_file.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))
         before = {r["run-id"] for r in self.runs()}
-        command = ["flwr", "run", str(app), CONNECTION, "--stream"]
+        command = [flower_command("flwr"), "run", str(app), CONNECTION, "--stream"]
         command += ["--run-config", str(config_file)]
         with subprocess.Popen(
             command,

@@ -1,14 +1,42 @@
-"""Processes the launchers start: wait until one listens, stop one with all its descendants."""
+"""Processes the launchers start: Flower's executables found, wait until one listens, stop one
+with all its descendants."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psutil
+
+
+def flower_command(name: str) -> str:
+    """The path of Flower's executable ``name`` (flower-superlink, flower-supernode, flwr):
+    the one beside the running interpreter first (its virtual environment's ``bin``, so
+    ``.venv/bin/python -m simulations.run`` works without activating it), else PATH's."""
+    beside = Path(sys.executable).parent / name  # not resolved: a venv's python is a link
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(
+            f"Flower's `{name}` is neither beside this Python ({beside.parent}) nor on PATH; "
+            "install fedpriv into this environment (scripts/setup.sh) or run its own python"
+        )
+    return found
+
+
+def flower_path(path: str | None) -> str:
+    """``path`` (a PATH value) with the folder of Flower's executables first: the SuperLink
+    and SuperNodes start Flower's other executables (flower-superexec, flwr-serverapp, ...)
+    by name."""
+    folder = str(Path(flower_command("flwr")).parent)
+    return os.pathsep.join([folder, *(path.split(os.pathsep) if path else [])])
 
 
 def wait_listening(

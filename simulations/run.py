@@ -26,6 +26,7 @@ from typing import Any
 from common.config import ConfigError, RunSettings, load_sites_file
 from common.data.assets import fetch
 from common.task import model_source
+from simulations.processes import flower_command
 from simulations.superlink import CONNECTION, LocalSuperLink
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def _run(sim: dict[str, Any], run: dict[str, Any], stream: Any) -> None:
         overrides_file.write_text(_toml(run))
         federation = " ".join(f"{k}={sim[k]}" for k in SIMULATION_KEYS if k in sim)
         command = [
-            "flwr",
+            flower_command("flwr"),
             "run",
             str(APP_DIR),
             CONNECTION,

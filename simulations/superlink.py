@@ -14,7 +14,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from simulations.processes import stop_tree, wait_listening
+from simulations.processes import flower_command, flower_path, stop_tree, wait_listening
 
 CONNECTION = "fedpriv-local"
 
@@ -26,10 +26,12 @@ def free_port() -> int:
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for every flwr command of this run: isolated FLWR_HOME, no phoning home, and
-    no dependency installation at run time (it would pull a CUDA torch)."""
+    """Environment for every flwr command of this run: isolated FLWR_HOME, no phoning home, no
+    dependency installation at run time (it would pull a CUDA torch), Flower's executables
+    first on PATH (an environment that was not activated)."""
     env = dict(os.environ)
     env.update(
+        PATH=flower_path(env.get("PATH")),
         FLWR_HOME=str(flwr_home),
         FLWR_DISABLE_UPDATE_CHECK="1",
         FLWR_TELEMETRY_ENABLED="0",
@@ -57,7 +59,7 @@ class LocalSuperLink:
             f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
         )
         command = [
-            "flower-superlink",
+            flower_command("flower-superlink"),
             "--insecure",
             "--simulation",
             "--isolation",
@@ -101,7 +103,7 @@ class LocalSuperLink:
     def flwr(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         """Run a ``flwr`` CLI command against this SuperLink (captured output)."""
         return subprocess.run(
-            ["flwr", *args],
+            [flower_command("flwr"), *args],
             env=self.env,
             capture_output=True,
             text=True,

@@ -1,4 +1,5 @@
-"""server/client_dp.py: Flower's DP-FedAvg wrappers around the privacy-aware strategy.
+"""server/client_dp.py: Flower's DP-FedAvg wrappers inside the privacy-aware strategy, the
+client-level account around it.
 
 Replies are real Flower Messages; the client-level epsilon is checked against dp-accounting
 (tests/reference_accountants.py), not against fedpriv's accounting code."""
@@ -13,8 +14,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
 from common.config import ConfigError, RunSettings
-from server.client_dp import client_level_dp_summary, with_client_dp
-from server.strategy import make_strategy
+from server.build import build_strategy
+from server.client_dp import ClientLevelDp, client_level_dp_summary
 from tests.reference_accountants import reference_pld
 from tests.server.test_strategy import FakeGrid, evaluated, trained
 
@@ -41,14 +42,10 @@ def settings(**over) -> RunSettings:
 
 
 def build(s: RunSettings, fraction_train: float = 1.0):
-    inner = make_strategy(
-        "fedavg",
-        min_train_nodes=s.min_train_nodes,
-        min_available_nodes=1,
-        fraction_train=fraction_train,
-        uniform_weights=True,
-    )
-    return inner, with_client_dp(inner, s)
+    """(the privacy-aware strategy and its records, the ClientLevelDp rounds around it)"""
+    inner, dp = build_strategy(replace(s, fraction_train=fraction_train))
+    assert isinstance(dp, ClientLevelDp) and dp.strategy is inner
+    return inner, dp
 
 
 def model(value: float = 0.0) -> dict[str, np.ndarray]:
@@ -190,9 +187,9 @@ def test_client_dp_settings_are_checked():
         RunSettings.from_run_config(
             {"client-dp": "client-adaptive", "client-clipped-count-stddev": 0.4}
         )
-    assert with_client_dp(make_strategy("fedavg"), RunSettings()).__class__.__name__ == (
-        "PrivacyAwareFedAvg"
-    )
+    # client-dp off: the privacy-aware strategy around plain FedAvg, no wrapper
+    strategy, outer = build_strategy(RunSettings())
+    assert outer is strategy and strategy.inner.__class__.__name__ == "FedAvg"
 
 
 def test_client_adaptive_rejects_a_reply_without_its_clipping_bit_instead_of_failing():

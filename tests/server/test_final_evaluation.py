@@ -7,9 +7,10 @@ import time
 import pytest
 from flwr.app import Message, Metadata, MetricRecord, RecordDict
 
+from common.config import RunSettings
 from common.group_counts import to_metrics
-from server.final_evaluation import collect
-from server.strategy import make_strategy
+from server.build import build_strategy
+from server.final_evaluation import check_final_evaluation, collect
 
 
 def _reply(metrics: dict, node: int) -> Message:
@@ -44,7 +45,7 @@ def _site(pid: int, counts: dict, auc: float) -> dict:
 
 
 def test_counts_are_summed_audits_kept_per_site_and_bad_counts_refused():
-    strategy = make_strategy("fedavg", site_names={0: "Cleveland", 1: "Hungary", 2: "Bad"})
+    strategy, _ = build_strategy(RunSettings(), site_names={0: "Cleveland", 1: "Hungary", 2: "Bad"})
     a = {"F": {"tp": 1, "fp": 2, "tn": 3, "fn": 4}}
     b = {"F": {"tp": 1, "fp": 0, "tn": 0, "fn": 0}, "M": {"tp": 5, "fp": 1, "tn": 3, "fn": 1}}
     bad = _site(2, a, 0.5)
@@ -65,7 +66,7 @@ def test_counts_are_summed_audits_kept_per_site_and_bad_counts_refused():
 
 
 def test_without_audit_and_column_only_evaluation_is_kept():
-    strategy = make_strategy("fedavg", site_names={0: "Cleveland"})
+    strategy, _ = build_strategy(RunSettings(), site_names={0: "Cleveland"})
     counts = {"F": {"tp": 1, "fp": 2, "tn": 3, "fn": 4}}
     out = collect([_reply(_site(0, counts, 0.6), 1)], strategy, audit=False, column="", positive="")
     assert out["audit"] is None and out["fairness"] is None
@@ -74,3 +75,14 @@ def test_without_audit_and_column_only_evaluation_is_kept():
         "eval-loss": 0.5,
         "eval-accuracy": 0.8,
     }
+
+
+def test_a_sensitive_column_the_dataset_lacks_is_refused_before_training():
+    from common.config import ConfigError
+    from common.data.registry import load_dataset
+
+    _, test = load_dataset("heart-disease", 0)
+    check_final_evaluation(RunSettings(sensitive_column="sex"), test)
+    check_final_evaluation(RunSettings(audit=True), test)
+    with pytest.raises(ConfigError, match="dataset heart-disease: .*no-such-column"):
+        check_final_evaluation(RunSettings(sensitive_column="no-such-column"), test)

@@ -24,7 +24,7 @@ from common.data.registry import load_dataset
 from common.evaluation import evaluate
 from common.models.weights import load_trainable_state, trainable_state
 from common.task import build_model, to_tensors
-from server.strategy import make_strategy
+from server.build import build_strategy
 from tests.server.test_strategy import trained
 
 SITES, ROUNDS, SCALE = 5, 4, 100.0
@@ -46,10 +46,12 @@ def federation() -> tuple:
 def final_accuracy(aggregation: str, poisoned: bool) -> float:
     model, start, sites, test = federation()
     options = {
-        "trimmed-mean": {"beta": 0.2},
-        "krum": {"num_malicious_nodes": 1},
+        "trimmed-mean": {"trim_fraction": 0.2},  # Flower's beta
+        "krum": {"malicious_sites": 1},  # Flower's num_malicious_nodes
     }.get(aggregation, {})
-    strategy = make_strategy(aggregation, min_train_nodes=1, **options)
+    strategy, _ = build_strategy(
+        replace(SETTINGS, aggregation=aggregation, min_train_nodes=1, **options)
+    )
     state = {k: v.copy() for k, v in start.items()}
     for server_round in range(1, ROUNDS + 1):
         replies = []

@@ -1,7 +1,7 @@
 """server/progress.py: the one-line progress report of a round."""
 
 from server.progress import format_round
-from server.strategy import RoundRecord
+from server.records import RoundRecord
 
 
 def site(spent: float, budget: float, delta: float, status: str = "trained") -> dict:

@@ -13,10 +13,10 @@ from PIL import Image
 
 from common.config import RunSettings
 from server.fairness import group_metrics
+from server.records import RoundRecord
 from server.report import FIGURES_DIR, REPORT_FILE, main, write_report
 from server.results import RunResults
-from server.run import _round_json, site_summaries
-from server.strategy import RoundRecord
+from server.summary import site_summaries
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -51,7 +51,7 @@ def _audit(auc: float, bound: float) -> dict:
 
 
 def _results_folder(root: Path, name: str, dp: bool) -> Path:
-    """A results folder written by the run's own writers (RunResults, _round_json,
+    """A results folder written by the run's own writers (RunResults, RoundRecord.to_json,
     site_summaries): Cleveland trains twice; Hungary runs out of budget in round 2; VA Long
     Beach drops out in round 2."""
     spent = (lambda e: e) if dp else (lambda e: float("inf"))
@@ -86,7 +86,7 @@ def _results_folder(root: Path, name: str, dp: bool) -> Path:
         ),
     }
     results = RunResults(root, name)
-    results.write_rounds([_round_json(rounds[r], dp) for r in sorted(rounds)])
+    results.write_rounds([rounds[r].to_json(dp) for r in sorted(rounds)])
     counts = {"Female": {"tp": 6, "fp": 0, "tn": 21, "fn": 4}}
     counts["Male"] = {"tp": 34, "fp": 6, "tn": 39, "fn": 38} if dp else dict.fromkeys(counts, 0)
     if not dp:

@@ -25,8 +25,8 @@ from common.models.weights import trainable_state
 from common.protocol.records import to_array_record
 from common.protocol.request import TrainRequest
 from common.task import build_model
-from server.secure_aggregation import SecureAggregation, with_secure_aggregation
-from server.strategy import make_strategy
+from server.build import build_strategy
+from server.secure_aggregation import SecureAggregation
 from tests.reference_accountants import reference_pld
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,6 +99,7 @@ def run_round(tmp_path: Path, monkeypatch, drop=None, garble=None, **over) -> tu
         "noise-multiplier": 1.0,
         "secure-aggregation": True,
         "secagg-reconstruction-threshold": 2,
+        "fraction-evaluate": 0.0,
         **over,
     }
     settings = RunSettings.from_run_config(run_config)
@@ -112,9 +113,7 @@ def run_round(tmp_path: Path, monkeypatch, drop=None, garble=None, **over) -> tu
 
     as_fit_reply = site_side.as_fit_reply
     monkeypatch.setattr(site_side, "as_fit_reply", capture)
-    inner = make_strategy(
-        "fedavg", min_train_nodes=2, min_available_nodes=HOSPITALS, fraction_evaluate=0.0
-    )
+    inner, strategy = build_strategy(settings)
     handed: list[Message] = []  # what the aggregation code receives
     aggregate_train = inner.aggregate_train
 
@@ -122,9 +121,8 @@ def run_round(tmp_path: Path, monkeypatch, drop=None, garble=None, **over) -> tu
         handed.extend(replies)
         return aggregate_train(server_round, replies)
 
-    inner.aggregate_train = instrumented
-    strategy = with_secure_aggregation(inner, settings)
-    assert isinstance(strategy, SecureAggregation)
+    inner.aggregate_train = instrumented  # what SecureAggregation calls
+    assert isinstance(strategy, SecureAggregation) and strategy.strategy is inner
     model, _ = build_model(settings, load_dataset(settings.dataset)[1], "cpu")
     grid = SitesGrid(run_config, drop, garble)
     result = strategy.start(

@@ -1,10 +1,12 @@
-"""server/strategy.py: FedAvg that records every site's reply and leaves refusals out.
+"""server/strategy.py: the privacy-aware strategy records every site's reply and leaves refusals
+out; its inner Flower strategy (FedAvg here) aggregates the rest.
 
 Replies are real Flower Messages, built as a ServerApp would receive them.
 """
 
 import itertools
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from flwr.app import (
 )
 from flwr.common.constant import ErrorCode
 
+from common.config import RunSettings
 from common.protocol.records import (
     ARRAYS,
     BUDGET_EXHAUSTED,
@@ -28,7 +31,8 @@ from common.protocol.records import (
     TRAIN_METRIC_KEYS,
     TRAINED,
 )
-from server.strategy import PrivacyAwareFedAvg, RoundFailed, RunStopped
+from server.build import build_strategy
+from server.strategy import PrivacyAware, RoundFailed, RunStopped
 
 _ids = itertools.count()
 
@@ -101,10 +105,16 @@ def w(a: list[float], b: list[list[float]]) -> dict[str, np.ndarray]:
 NAMES = {0: "Cleveland", 1: "Hungary", 2: "Switzerland"}
 
 
-def strategy(min_train_nodes: int = 2) -> PrivacyAwareFedAvg:
-    return PrivacyAwareFedAvg(
-        site_names=NAMES, min_train_nodes=min_train_nodes, min_available_nodes=1
+def privacy_aware(site_names=None, round_offset: int = 0, **settings) -> PrivacyAware:
+    """The privacy-aware strategy around FedAvg, as a run with these settings builds it."""
+    built, _ = build_strategy(
+        replace(RunSettings(), **settings), site_names=site_names, round_offset=round_offset
     )
+    return built
+
+
+def strategy(min_train_nodes: int = 2) -> PrivacyAware:
+    return privacy_aware(NAMES, min_train_nodes=min_train_nodes)
 
 
 def test_trained_replies_are_averaged_weighted_by_num_examples():
@@ -231,7 +241,7 @@ def test_an_error_is_tolerated_while_enough_sites_trained():
 
 
 def test_site_labels_use_site_names_then_partition_id_then_node_id():
-    s = PrivacyAwareFedAvg(site_names={0: "Cleveland"}, min_train_nodes=1)
+    s = privacy_aware({0: "Cleveland"}, min_train_nodes=1)
     replies = [
         trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]])),
         trained(12, 10, 7, w([1.0, 2.0], [[1.0, 0.0]])),
@@ -242,7 +252,7 @@ def test_site_labels_use_site_names_then_partition_id_then_node_id():
 
 
 def test_without_site_names_simulated_sites_are_named_by_partition():
-    s = PrivacyAwareFedAvg(min_train_nodes=1)
+    s = privacy_aware(min_train_nodes=1)
     s.aggregate_train(1, [trained(11, 10, 2, w([1.0, 2.0], [[1.0, 0.0]]))])
     assert list(s.rounds[1].sites) == ["site-2"]
 
@@ -331,13 +341,7 @@ def test_too_few_replies_after_dropouts_fail_the_round_with_the_reason(in_a_run)
 
 
 def test_a_resumed_run_numbers_its_rounds_after_the_checkpoint(in_a_run):
-    s = PrivacyAwareFedAvg(
-        site_names=NAMES,
-        round_offset=3,
-        min_train_nodes=1,
-        min_evaluate_nodes=1,
-        min_available_nodes=1,
-    )
+    s = privacy_aware(NAMES, round_offset=3, min_train_nodes=1, min_evaluate_nodes=1)
     (message,) = s.configure_train(1, global_model(), ConfigRecord(), FakeGrid([11]))
     assert message.content["config"]["server-round"] == 4  # Flower's round 1 is our round 4
     (evaluate,) = s.configure_evaluate(1, global_model(), ConfigRecord(), FakeGrid([11]))
@@ -391,48 +395,6 @@ def test_evaluations_inside_train_replies_are_filed_under_the_model_they_evaluat
     assert not any(k.startswith("eval-") for k in s.rounds[3].sites["Hungary"])
 
 
-@pytest.mark.parametrize(
-    ("aggregation", "options"),
-    [
-        ("median", {}),
-        ("trimmed-mean", {"beta": 0.2}),
-        ("krum", {"num_malicious_nodes": 1}),
-        ("multi-krum", {"num_malicious_nodes": 1, "num_nodes_to_select": 3}),
-    ],
-)
-def test_robust_aggregation_resists_an_update_scaled_100x_where_fedavg_does_not(
-    aggregation, options
-):
-    from server.strategy import make_strategy
-
-    rng = np.random.default_rng(0)
-    honest = [rng.normal(1.0, 0.1, size=(1, 2)).astype(np.float32) for _ in range(4)]
-    poisoned = honest[0] * 100
-
-    def replies():
-        updates = [*honest, poisoned]
-        return [
-            trained(11 + i, 10, i, {"layer.weight": u, "layer.bias": u[0]})
-            for i, u in enumerate(updates)
-        ]
-
-    fedavg, _ = make_strategy("fedavg", min_train_nodes=1).aggregate_train(1, replies())
-    robust_strategy = make_strategy(aggregation, min_train_nodes=1, **options)
-    robust, _ = robust_strategy.aggregate_train(1, replies())
-    clean = np.mean(honest, axis=0)
-    assert np.abs(fedavg["layer.weight"].numpy() - clean).max() > 10  # the damage
-    assert np.abs(robust["layer.weight"].numpy() - clean).max() < 0.3
-    assert type(robust_strategy).__name__.startswith("PrivacyAware")
-    assert robust_strategy.rounds[1].trained_sites == 5  # still recorded per site
-
-
-def test_an_unknown_aggregation_is_named():
-    from server.strategy import make_strategy
-
-    with pytest.raises(ValueError, match="aggregation must be one of"):
-        make_strategy("mean-of-friends")
-
-
 def test_entity_counts_are_summed_and_federated_f1_computed_from_the_sums():
     # Site A: person TP 3, FP 1, FN 0; site B: person TP 1, FP 0, FN 3, geo-loc FN 2.
     counts = [
@@ -473,52 +435,18 @@ def test_entity_counts_are_summed_and_federated_f1_computed_from_the_sums():
     assert not any(k.startswith("eval-entity") for k in t.rounds[2].sites["Hungary"])
 
 
-@pytest.mark.parametrize(
-    ("optimizer", "flower_class", "options"),
-    [
-        ("fedavgm", "FedAvgM", {"server_momentum": 0.9, "server_learning_rate": 0.7}),
-        ("fedadam", "FedAdam", {"eta": 0.05, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}),
-        ("fedyogi", "FedYogi", {"eta": 0.05, "beta_1": 0.8, "beta_2": 0.9, "tau": 1e-2}),
-    ],
-)
-def test_server_optimizers_step_as_flowers_reference_strategies(
-    in_a_run, optimizer, flower_class, options
-):
-    import flwr.serverapp.strategy as flower
-
-    from server.strategy import make_strategy
-
-    ours = make_strategy("fedavg", optimizer, min_train_nodes=3, min_available_nodes=1, **options)
-    reference = getattr(flower, flower_class)(min_train_nodes=3, min_available_nodes=1, **options)
-    plain = make_strategy("fedavg", min_train_nodes=3, min_available_nodes=1)
-    rng = np.random.default_rng(0)
-    grid = FakeGrid([11, 12, 13])
-    arrays = {name: global_model() for name in ("ours", "reference", "plain")}
-    for server_round in (1, 2, 3):
-        replies = [
-            trained(
-                11 + i, 10 + 5 * i, i, w(*(rng.normal(1.0, 0.5, s).tolist() for s in (2, (1, 2))))
-            )
-            for i in range(3)
-        ]
-        for name, s in (("ours", ours), ("reference", reference), ("plain", plain)):
-            list(s.configure_train(server_round, arrays[name], ConfigRecord(), grid))
-            arrays[name], _ = s.aggregate_train(server_round, replies)
-        for key in ("layer.weight", "layer.bias"):
-            np.testing.assert_allclose(
-                arrays["ours"][key].numpy(), arrays["reference"][key].numpy(), rtol=0, atol=1e-5
-            )
-            assert arrays["ours"][key].numpy().dtype == np.float32  # as sent: float64 steps cast
-    assert ours.rounds[3].trained_sites == 3  # the privacy records are still kept
-    # the optimizer moved the model somewhere else than the weighted mean would
-    gap = np.abs(arrays["ours"]["layer.weight"].numpy() - arrays["plain"]["layer.weight"].numpy())
-    assert gap.max() > 1e-2
-
-
-def test_a_server_optimizer_needs_the_weighted_mean():
-    from server.strategy import make_strategy
-
-    with pytest.raises(ValueError, match="needs aggregation='fedavg'"):
-        make_strategy("median", "fedadam")
-    with pytest.raises(ValueError, match="server-optimizer must be one of"):
-        make_strategy("fedavg", "sgd-with-hope")
+def test_flowers_round_log_gets_fedprivs_figures_and_the_records_keep_every_site_value():
+    s = strategy()
+    replies = [
+        trained(11, 10, 0, w([1.0, 2.0], [[1.0, 0.0]]), **{"epsilon-spent": 1.0}),
+        trained(12, 30, 1, w([5.0, 6.0], [[3.0, 4.0]]), **{"epsilon-spent": 2.5}),
+    ]
+    _, logged = s.aggregate_train(1, replies)
+    assert dict(logged) == {"sites": 2, "train-loss": 0.0, "epsilon-spent-max": 2.5}
+    assert s.rounds[1].sites["Hungary"]["partition-id"] == 1  # per site: as it sent it
+    assert s.rounds[1].sites["Cleveland"]["epsilon-spent"] == 1.0
+    logged = s.aggregate_evaluate(
+        1, [evaluated(11, 20, 0, 0.6, 0.7), evaluated(12, 60, 1, 0.2, 0.9)]
+    )
+    assert set(logged) == {"sites", "eval-loss", "eval-accuracy"}
+    assert logged["sites"] == 2 and logged["eval-accuracy"] == pytest.approx(0.85)
