@@ -1,5 +1,9 @@
 """One training round at a site: request -> the site's gate (client/gate.py: policy, caps, plan,
-budget, reservation) -> DP-SGD -> record the release."""
+budget, reservation) -> DP-SGD -> record the release.
+
+Over 300 lines because the round's order (check, reserve, train, mark released or cancel, reply)
+is the privacy argument itself and is read top to bottom in one file.
+"""
 
 from __future__ import annotations
 
