@@ -89,16 +89,13 @@ class LedgerQueries:
 
     def releases_since(self, timestamp: float, purpose: str = "dp-sgd") -> int:
         """Distinct (dataset, run, round) releases of ``purpose`` recorded after ``timestamp``
-        (the site's clock: a cap no server-sent number can reset), plus repeated releases."""
+        (the site's clock: a cap no server-sent number can reset)."""
         row = self._conn.execute(
             "SELECT COUNT(*) FROM (SELECT DISTINCT fingerprint, run_id, round FROM releases "
             "WHERE recorded_at > ? AND purpose = ?)",
             (timestamp, purpose),
         ).fetchone()
-        repeats = (
-            self._repeat_releases("recorded_at > ?", (timestamp,)) if purpose == "dp-sgd" else 0
-        )
-        return int(row[0]) + repeats
+        return int(row[0])
 
     def round_released(
         self, fingerprint: str, run_id: str, round_number: int, session: str | None = None
@@ -122,25 +119,10 @@ class LedgerQueries:
         return row is not None
 
     def rounds_recorded(self, fingerprint: str, run_id: str) -> int:
-        """Rounds of this run with a release recorded (reserved or released) on this dataset,
-        plus every further release of a round already released (a later Flower run asking it
-        again trains again: each training counts against the round caps)."""
+        """Rounds of this run with a release recorded (reserved or released) on this dataset."""
         row = self._conn.execute(
             "SELECT COUNT(DISTINCT round) FROM releases WHERE fingerprint = ? AND run_id = ?",
             (fingerprint, run_id),
-        ).fetchone()
-        return int(row[0]) + self._repeat_releases(
-            "fingerprint = ? AND run_id = ?", (fingerprint, run_id)
-        )
-
-    def _repeat_releases(self, where: str, values: tuple) -> int:
-        """Released DP-SGD updates beyond the first of their (dataset, run, round), among the
-        rows matching ``where``."""
-        row = self._conn.execute(
-            "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM releases "
-            f"WHERE {where} AND purpose = 'dp-sgd' AND status = 'released' "
-            "GROUP BY fingerprint, run_id, round)",
-            values,
         ).fetchone()
         return int(row[0])
 

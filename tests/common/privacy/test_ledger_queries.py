@@ -101,13 +101,3 @@ def test_runs_list_each_plan_with_released_and_reserved_rounds(ledger):
     assert [r.fingerprint for r in ledger.runs()] == [FP, OTHER_FP]
     assert ledger.rounds_recorded(FP, "run-1") == 3
     assert ledger.rounds_recorded(OTHER_FP, "run-1") == 0
-
-
-def test_a_round_released_again_counts_again_for_the_round_caps(ledger):
-    start = time.time() - 1
-    for _ in range(2):  # round 1 released twice (a resumed run asked it again), round 2 once
-        ledger.mark_released(reserve(ledger, DpRelease(1.0, 0.1, 5), round_number=1), 5)
-    reserve(ledger, DpRelease(1.0, 0.1, 5), round_number=2)  # reserved only: counted once
-    assert ledger.rounds_recorded(FP, "run-1") == 3
-    assert ledger.releases_since(start) == 3
-    assert ledger.rounds_recorded(FP, "run-2") == 0
