@@ -129,17 +129,13 @@ def check_caps(ledger: PrivacyLedger, site: Site, run_id: str, server_round: int
     """Refuse a replayed (run, round) and rounds past the site's caps, counted from its own
     ledger: per run key (max-rounds-per-run), per asking Flower run (the same cap: new run keys
     in one Flower run do not reset it) and per 24 hours of the site's clock (max-rounds-per-day).
-
-    A round is released once per Flower run: asked again in the same Flower run, it is refused.
-    A later Flower run (a resumed run whose ServerApp died after the site answered) may ask it
-    again; that answer is a new release, accounted and counted by every cap like any other.
     """
     key = site.data.train_key
-    if ledger.round_released(key, run_id, server_round, session=site.session):
+    if ledger.round_released(key, run_id, server_round):
         raise RoundRefused(
             REPLAYED,
             f"replay refused: round {server_round} of run {run_id!r} was already trained and "
-            "released by this site in this Flower run; a round is released once per Flower run",
+            "released by this site; a round is released once",
         )
     check_round_cap(ledger.rounds_recorded(key, run_id), site.policy)
     check_round_cap(ledger.sessions_rounds(site.session), site.policy)

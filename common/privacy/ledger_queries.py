@@ -97,17 +97,14 @@ class LedgerQueries:
         ).fetchone()
         return int(row[0])
 
-    def round_released(
-        self, fingerprint: str, run_id: str, round_number: int, session: str | None = None
-    ) -> bool:
-        """Whether this (run, round) already released a training update on this dataset (in
-        Flower session ``session`` only, if given). A reservation whose process died released
-        nothing: it stays counted, and a retry of the round may train (and is counted again)."""
-        in_session = "" if session is None else " AND session = ?"
+    def round_released(self, fingerprint: str, run_id: str, round_number: int) -> bool:
+        """Whether this (run, round) already released a training update on this dataset. A
+        reservation whose process died released nothing: it stays counted, and a retry of the
+        round may train (and is counted again)."""
         row = self._conn.execute(
             "SELECT 1 FROM releases WHERE fingerprint = ? AND run_id = ? AND round = ? "
-            "AND purpose = 'dp-sgd' AND status = 'released'" + in_session + " LIMIT 1",
-            (fingerprint, run_id, round_number, *(() if session is None else (session,))),
+            "AND purpose = 'dp-sgd' AND status = 'released' LIMIT 1",
+            (fingerprint, run_id, round_number),
         ).fetchone()
         return row is not None or self.non_private_released(fingerprint, run_id, round_number)
 

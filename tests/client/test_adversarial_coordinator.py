@@ -187,23 +187,6 @@ def test_a_replayed_round_is_never_trained_twice(tmp_path):
         assert len(ledger.rows(service.site_for(run, 11).data.train_key)) == 1
 
 
-def test_a_later_flower_run_may_ask_a_released_round_again_and_pays_for_it(tmp_path):
-    """A resumed run (its ServerApp died after the site answered) asks the round again from a
-    new Flower run: a new release, composed in the ledger; the same Flower run is refused."""
-    service, run = _site(tmp_path, **{"max-rounds-per-run": 2})  # sigma planned for 2 rounds
-    weights = _initial(run)
-    first = dict(service.handle("train", _train_content(weights, 1, "r"), run, 11)["metrics"])
-    again = dict(service.handle("train", _train_content(weights, 1, "r"), run, 12)["metrics"])
-    assert first["status"] == again["status"] == TRAINED
-    assert again["epsilon-spent"] > first["epsilon-spent"]  # the retry is paid for
-    replay = service.handle("train", _train_content(weights, 1, "r"), run, 12)
-    assert dict(replay["metrics"])["status"] == REPLAYED and "arrays" not in replay
-    third = service.handle("train", _train_content(weights, 1, "r"), run, 13)  # over budget now
-    assert dict(third["metrics"])["status"] == BUDGET_EXHAUSTED and "arrays" not in third
-    with PrivacyLedger(tmp_path / "l.sqlite") as ledger:
-        assert len(ledger.rows(service.site_for(run, 11).data.train_key)) == 2
-
-
 def test_new_run_keys_in_one_flower_run_do_not_reset_the_round_cap(tmp_path):
     service, run = _site(tmp_path, **{"max-rounds-per-run": 2})
     weights = _initial(run)
