@@ -116,7 +116,7 @@ def run_train_round(
     except RequestError as err:
         reason = f"invalid request: {err}"
         log.warning("site %s: %s", site.data.name, reason)
-        state = _ledger_state(site, None, n, site.settings.target_epsilon)
+        state = _ledger_state(site, None, n, None)
         return _refusal(site, base | state, INVALID_REQUEST, reason)
     run_id = request.run_key
     if request.evaluate_received:  # a DP answer about held-out records, as in evaluate
@@ -128,7 +128,7 @@ def run_train_round(
         check_request(site, request)
     except RoundRefused as refusal:
         log.warning("site %s round %s: %s", site.data.name, request.server_round, refusal)
-        state = _ledger_state(site, run_id, n, request.target_epsilon)
+        state = _ledger_state(site, run_id, n, request)
         return _refusal(site, base | state, refusal.status, str(refusal))
     model, tensors, truncated = site_model(site, weights, "train")
     if truncated:  # a statistic of the training texts: logged here, never sent
@@ -153,8 +153,8 @@ def run_train_round(
                 request.server_round,
                 request,
                 site.policy,
-                requested_delta=site.settings.target_delta,
-                accountant=site.settings.accountant,
+                requested_delta=request.target_delta,
+                accountant=request.accountant,
                 num_records=n,
                 sample_rate=q,
                 steps=steps,
@@ -163,7 +163,7 @@ def run_train_round(
             )
         except RoundRefused as refusal:
             log.warning("site %s round %s: %s", site.data.name, request.server_round, refusal)
-            state = _ledger_state(site, run_id, n, request.target_epsilon, ledger)
+            state = _ledger_state(site, run_id, n, request, ledger)
             return _refusal(site, base | state, refusal.status, str(refusal))
         dp = DpSgdSettings(grant.release.noise_multiplier, grant.max_grad_norm)
         try:
@@ -224,10 +224,13 @@ def _ledger_state(
     site: Site,
     run_id: str | None,
     num_records: int,
-    requested_epsilon: float,
+    request: TrainRequest | None,
     ledger: PrivacyLedger | None = None,
 ) -> Metrics:
-    """The site's privacy state for a refusal: epsilon spent, budget, left, delta, rounds."""
+    """The site's privacy state for a refusal: epsilon spent, budget, left, delta, rounds; at
+    the run plan's delta, else the request's (an unreadable request: the site's own delta and
+    the run settings' target epsilon for a simulated site's budget)."""
+    requested_epsilon = request.target_epsilon if request else site.settings.target_epsilon
     budget = site_budget(site.policy, requested_epsilon)
     key = site.data.train_key
     owned = ledger is None
@@ -237,8 +240,8 @@ def _ledger_state(
         if plan is not None:
             delta, accountant = plan.delta, plan.accountant
         else:
-            delta = site_delta(site.policy, site.settings.target_delta, num_records)
-            accountant = site.settings.accountant
+            delta = site_delta(site.policy, request.target_delta if request else 0.0, num_records)
+            accountant = request.accountant if request else site.settings.accountant
         spent = ledger.epsilon_spent(key, delta, accountant, since=site.data.train_since)
         rounds = 0 if run_id is None else ledger.rounds_recorded(key, run_id)
     finally:
@@ -277,7 +280,6 @@ def _train(
     tensors: TensorDataset,
     dp: DpSgdSettings | None,
 ) -> TrainResult:
-    s = site.settings
     return train_locally(
         model,
         tensors,
@@ -287,11 +289,11 @@ def _train(
         dp=dp,
         device=site.device,
         seed=None,
-        optimizer=s.optimizer,
+        optimizer=request.optimizer,
         max_steps=request.local_steps or None,
-        head_learning_rate=s.head_learning_rate or None,
-        grad_sample_mode=s.grad_sample_mode,
-        max_physical_batch_size=s.max_physical_batch_size or None,
+        head_learning_rate=request.head_learning_rate or None,
+        grad_sample_mode=request.grad_sample_mode,
+        max_physical_batch_size=request.max_physical_batch_size or None,
     )
 
 

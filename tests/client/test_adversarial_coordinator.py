@@ -208,3 +208,24 @@ def test_the_daily_cap_counts_every_run(tmp_path):
         statuses.append(dict(reply["metrics"])["status"])
     assert statuses == [TRAINED] * 3 + [ROUND_LIMIT] * 2
     assert time.time() > 0
+
+
+def test_the_site_follows_the_checked_request_not_the_run_config(tmp_path):
+    """Delta, accountant and how DP-SGD runs reach a site in the request, where it checks
+    them; a run config that says otherwise changes nothing at the site."""
+    service, run = _site(tmp_path)
+    run |= {"accountant": "pld", "target-delta": 1e-4, "optimizer": "sgd"}
+    site = service.site_for(run, 12)
+    n = len(site.data.train)
+    asked = {"accountant": "rdp", "target-delta": 1e-9, "optimizer": "adam", "local-steps": 2}
+    reply = service.handle("train", _train_content(_initial(run), 1, "asked", **asked), run, 12)
+    metrics = dict(reply["metrics"])
+    assert metrics["status"] == TRAINED
+    assert metrics["delta"] == 1e-9  # the request's (tighter than the site's 0.1/n)
+    with PrivacyLedger(tmp_path / "l.sqlite") as ledger:
+        plan = ledger.run_plan(site.data.train_key, "asked")
+    assert plan is not None and plan.accountant == "rdp" and plan.delta == 1e-9
+    assert n > 0
+    bad = _train_content(_initial(run), 1, "asked-2", **{"optimizer": "lbfgs"})
+    refused = dict(service.handle("train", bad, run, 12)["metrics"])
+    assert refused["status"] != TRAINED and refused["num-examples"] == 0

@@ -64,6 +64,12 @@ def request(**overrides) -> TrainRequest:
         "local_steps": 0,
         "batch_size": 20,
         "learning_rate": 0.1,
+        "target_delta": 0.0,
+        "accountant": "pld",
+        "head_learning_rate": 0.0,
+        "optimizer": "sgd",
+        "grad_sample_mode": "auto",
+        "max_physical_batch_size": 0,
         "evaluate_received": False,
     }
     return TrainRequest(**(values | overrides))

@@ -19,12 +19,18 @@ def test_an_honest_servers_request_parses_to_the_run_settings():
         num_server_rounds=5,
         dp=True,
         target_epsilon=settings.target_epsilon,
+        target_delta=settings.target_delta,
+        accountant=settings.accountant,
         noise_multiplier=1.5,
         max_grad_norm=settings.max_grad_norm,
         local_epochs=settings.local_epochs,
         local_steps=settings.local_steps,
         batch_size=64,
         learning_rate=settings.learning_rate,
+        head_learning_rate=settings.head_learning_rate,
+        optimizer=settings.optimizer,
+        grad_sample_mode=settings.grad_sample_mode,
+        max_physical_batch_size=settings.max_physical_batch_size,
         evaluate_received=False,
     )
 
@@ -58,6 +64,15 @@ def test_integers_are_accepted_for_float_keys():
         ("run-key", "x" * 201, "run-key must be 1 to 200"),
         ("run-key", "a\nb", "run-key must be 1 to 200 printable"),
         ("run-key", 7, "run-key must be 1 to 200"),
+        ("target-delta", -1e-9, "target-delta must be >= 0"),
+        ("target-delta", 1.0, "target-delta must be >= 0 and < 1"),
+        ("target-delta", math.nan, "target-delta must be finite"),
+        ("accountant", "moments", r"accountant must be one of \['pld', 'rdp'\]"),
+        ("accountant", 1, "accountant must be one of"),
+        ("optimizer", "lbfgs", "optimizer must be one of"),
+        ("grad-sample-mode", "none", "grad-sample-mode must be one of"),
+        ("max-physical-batch-size", -1, "max-physical-batch-size must be >= 0"),
+        ("head-learning-rate", math.inf, "head-learning-rate must be finite"),
     ],
 )
 def test_a_malformed_value_is_refused_naming_the_key(key, value, says):
@@ -77,3 +92,20 @@ def test_missing_and_unknown_keys_are_named():
 def test_a_round_beyond_the_run_is_refused():
     with pytest.raises(RequestError, match="round 4 of a 3-round run"):
         TrainRequest.from_config(GOOD | {"server-round": 4, "num-server-rounds": 3})
+
+
+def test_what_a_site_executes_travels_in_the_request():
+    """The run config names the model only: every knob of the round's DP-SGD and of its
+    accounting (delta, accountant) is a checked request key."""
+    settings = RunSettings(
+        target_delta=1e-7,
+        accountant="rdp",
+        optimizer="adam",
+        head_learning_rate=0.5,
+        grad_sample_mode="ghost",
+        max_physical_batch_size=8,
+    )
+    request = TrainRequest.from_config({"server-round": 1, **TrainRequest.of_run(settings, "r")})
+    assert (request.target_delta, request.accountant, request.optimizer) == (1e-7, "rdp", "adam")
+    assert (request.head_learning_rate, request.grad_sample_mode) == (0.5, "ghost")
+    assert request.max_physical_batch_size == 8
