@@ -21,13 +21,14 @@ from torch.utils.data import TensorDataset
 
 from client.gate import authorize_round, check_request, site_budget
 from client.policy import Clamp, RoundRefused
+from client.released_updates import ReleasedUpdate, keep_released, released_again
 from client.site_context import Site
 from client.site_data import reference_schema
 from client.training import DpSgdSettings, TrainResult, train_locally
 from common.config import RunSettings
 from common.data.types import LabeledData
 from common.evaluation import record_outcomes
-from common.models.weights import load_trainable_state, trainable_state
+from common.models.weights import load_trainable_state, trainable_state, weights_digest
 from common.privacy.delta import site_delta
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.sampling import sample_rate, steps_per_epoch
@@ -119,6 +120,17 @@ def run_train_round(
         state = _ledger_state(site, None, n, None)
         return _refusal(site, base | state, INVALID_REQUEST, reason)
     run_id = request.run_key
+    received_sha256 = weights_digest(weights)  # before anything can touch the arrays
+    again = released_again(
+        site.ledger_path, site.data.train_key, request, received_sha256, site.session
+    )
+    if again is not None:  # a resumed run asks a round released to an earlier Flower run
+        reason = (
+            f"round {request.server_round} was released to {again.session}: the same update "
+            "sent again (no training, nothing new released)"
+        )
+        log.info("site %s: %s", site.data.name, reason)
+        return RoundReply(again.arrays, again.metrics, _decision(site, TRAINED, reason, ()))
     if request.evaluate_received:  # a DP answer about held-out records, as in evaluate
         base |= evaluate_received(site, weights, run_id, request.server_round)
     q = sample_rate(n, request.batch_size)
@@ -141,7 +153,8 @@ def run_train_round(
             ledger.record_non_private(key, run_id, request.server_round)
         budget = site_budget(site.policy, request.target_epsilon)
         metrics = _metrics(site, base, result, (math.inf, budget, 0.0), rounds_trained=0)
-        return RoundReply(trainable_state(model), metrics, _decision(site, TRAINED, "", ()))
+        reply = RoundReply(trainable_state(model), metrics, _decision(site, TRAINED, "", ()))
+        return _kept(site, request, received_sha256, reply)
 
     with PrivacyLedger(site.ledger_path) as ledger:
         ledger.register_dataset(key, site.data.name, n)
@@ -197,7 +210,16 @@ def run_train_round(
     metrics = _metrics(
         site, base, result, (spent, grant.epsilon_budget, grant.delta), rounds_trained
     )
-    return RoundReply(trainable_state(model), metrics, _decision(site, TRAINED, "", grant.clamps))
+    reply = RoundReply(trainable_state(model), metrics, _decision(site, TRAINED, "", grant.clamps))
+    return _kept(site, request, received_sha256, reply)
+
+
+def _kept(site: Site, request: TrainRequest, received_sha256: str, reply: RoundReply) -> RoundReply:
+    """Keep a released reply (client/released_updates.py) so a resumed run can get it again."""
+    assert reply.arrays is not None
+    update = ReleasedUpdate(reply.arrays, reply.metrics, site.session, {}, received_sha256)
+    keep_released(site.ledger_path, site.data.train_key, request, update)
+    return reply
 
 
 def evaluate_received(
