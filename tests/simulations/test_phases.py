@@ -227,3 +227,16 @@ def _rdp_epsilon(rows) -> float:
         )
         accountant.compose(step, r.steps)
     return accountant.get_epsilon(rows[-1].delta)
+
+
+def test_the_lpft_recipe_plans_a_head_phase_then_lora_from_its_head(tmp_path):
+    recipe = ROOT / "simulations" / "configs" / "demo-lpft.toml"
+    _, run, tables = load_simulation_config(recipe)
+    base = run | {"run-name": "demo", "results-dir": str(tmp_path)}
+    head, lora = plan_phases(tables, base, DEFAULTS, tmp_path / "sites.toml")
+    first = RunSettings.from_run_config(DEFAULTS | head.run_config)
+    second = RunSettings.from_run_config(DEFAULTS | lora.run_config)
+    assert (first.finetune_mode, first.target_epsilon, first.num_server_rounds) == ("head", 4, 20)
+    assert (second.finetune_mode, second.target_epsilon, second.pooling) == ("lora", 4, "auto")
+    assert second.init_head_from == str(tmp_path / "demo-head" / "model")
+    assert (second.num_server_rounds, second.local_steps, second.max_length) == (4, 8, 64)
