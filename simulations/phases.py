@@ -113,6 +113,11 @@ def plan_phases(
             "init-head-from is set by the launcher between phases: remove it from [run] "
             "(or run without [[phase]] tables)"
         )
+    if base.get("resume"):
+        raise ConfigError(
+            "resume applies to one run; a phased simulation starts each phase afresh (resume a "
+            "phase's own run with `flwr run` and its run-name)"
+        )
     total = total_epsilon(base, defaults)
     results = Path(str(base["results-dir"]))
     phases: list[Phase] = []

@@ -153,8 +153,10 @@ def _run_phases(
         str(base.get("sites-file", "")), int(sim["num-supernodes"]), shared, total
     )
     shared.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (shared / "sites.toml").write_text(policies)
-    load_sites_file(shared / "sites.toml")  # what every site will read
+    sites_file = shared / "sites.toml"  # may hold the sites' split keys: owner only
+    sites_file.touch(mode=0o600)
+    sites_file.write_text(policies)
+    load_sites_file(sites_file)  # what every site will read
     for settings, _ in checked:
         _prefetch(settings)
     folders: list[tuple[Phase, Path]] = []

@@ -81,6 +81,8 @@ def test_a_phase_that_is_no_valid_run_or_init_head_from_by_hand_is_refused(tmp_p
     tables = check_phase_tables([HEAD, LORA], "sim.toml")
     with pytest.raises(ConfigError, match="init-head-from is set by the launcher"):
         plan_phases(tables, _base(tmp_path) | {"init-head-from": "/x"}, DEFAULTS, tmp_path / "s")
+    with pytest.raises(ConfigError, match="resume applies to one run"):
+        plan_phases(tables, _base(tmp_path) | {"resume": True}, DEFAULTS, tmp_path / "s")
 
 
 def _config(tmp_path: Path, phases: str, extra: str = "") -> Path:
