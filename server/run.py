@@ -27,6 +27,7 @@ from server.checkpoint import (
     save_checkpoint,
 )
 from server.final_evaluation import check_final_evaluation, final_sections
+from server.initial_head import load_initial_head
 from server.progress import format_round
 from server.results import RunResults
 from server.server_eval import ServerEvaluation
@@ -60,6 +61,12 @@ class FederatedRun:
         self.positive_class = test.class_names[-1]
         self.final_sections: dict[str, Any] = {}  # final evaluation, audit, fairness
         self.model, self.tokenizer = build_model(settings, test, self.device)
+        # LP-FT: a trained head from an earlier run, before the initial state is taken
+        self.initial_head = (
+            load_initial_head(self.model, settings.init_head_from)  # type: ignore[arg-type]
+            if settings.init_head_from
+            else None
+        )
         self.server_eval = (
             ServerEvaluation(settings, self.model, self.tokenizer, test, self.device)
             if settings.server_eval
@@ -159,5 +166,6 @@ class FederatedRun:
             model_sha256=weights_digest(state),
             stopped_early=stopped_early,
             entity_report=self.server_eval.entity_report() if self.server_eval else None,
+            initial_head=self.initial_head,
         )
         publish(self.results, summary | self.final_sections)

@@ -33,10 +33,12 @@ def run_summary(
     model_sha256: str,
     stopped_early: str = "",
     entity_report: dict[str, Any] | None = None,
+    initial_head: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The summary of a run with these ``rounds``. identity: run-name, run-id, flower-run-ids
     (more than one: the run was resumed), resumed, run-key; model_sha256: digest of the final
-    model; stopped_early: why the run ended before its last round ("" = it did not)."""
+    model; stopped_early: why the run ended before its last round ("" = it did not);
+    initial_head: where the starting head came from and its sha256 (init-head-from)."""
     completed = [r for r, rec in rounds.items() if rec.trained_sites and r > 0]
     final = rounds.get(max(completed, default=0))
     return {
@@ -48,6 +50,7 @@ def run_summary(
         "flower-run-ids": identity["flower-run-ids"],
         "resumed": identity["resumed"],
         "model-sha256": model_sha256,
+        "initial-head": initial_head,
         "run-key": identity["run-key"],
         "privacy": privacy_statement(settings),
         "config": asdict(settings),

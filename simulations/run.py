@@ -3,9 +3,11 @@
     python -m simulations.run --config simulations/configs/demo.toml
 
 The config TOML holds ``[simulation]`` (num-supernodes, client-resources-num-cpus/-gpus),
-``[run]`` (run-config overrides, keys as in pyproject ``[tool.flwr.app.config]``) and optional
-``[site.N]`` tables (each simulated site's own policy and data). Settings are validated before
-anything starts; a private SuperLink is started and always stopped (error and Ctrl-C included).
+``[run]`` (run-config overrides, keys as in pyproject ``[tool.flwr.app.config]``), optional
+``[site.N]`` tables (each simulated site's own policy and data) and optional ``[[phase]]``
+tables (runs in order, each a share of the epsilon, e.g. linear probe then LoRA:
+simulations/phases.py). Settings are validated before anything starts; a private SuperLink is
+started and always stopped (error and Ctrl-C included).
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ from typing import Any
 from common.config import ConfigError, RunSettings, load_sites_file
 from common.data.assets import fetch
 from common.task import model_source
+from simulations.phases import (
+    Phase,
+    check_phase_tables,
+    plan_phases,
+    shared_site_policies,
+    total_epsilon,
+)
 from simulations.processes import flower_command
 from simulations.superlink import CONNECTION, LocalSuperLink
 
@@ -49,17 +58,21 @@ class SimulationError(RuntimeError):
     """The simulated run did not complete."""
 
 
-def load_simulation_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(simulation options, run-config overrides) of a simulation config file."""
+def load_simulation_config(
+    path: Path,
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """(simulation options, run-config overrides, [[phase]] tables) of a simulation config."""
     try:
         raw = tomllib.loads(path.read_text())
     except OSError as err:
         raise ConfigError(f"simulation config {path} cannot be read: {err}") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"simulation config {path} is not valid TOML: {err}") from err
-    unknown = set(raw) - {"simulation", "run", "site"}
+    unknown = set(raw) - {"simulation", "run", "site", "phase"}
     if unknown:
-        raise ConfigError(f"{path}: unknown tables {sorted(unknown)} (use simulation, run, site)")
+        raise ConfigError(
+            f"{path}: unknown tables {sorted(unknown)} (use simulation, run, site, phase)"
+        )
     sim = dict(raw.get("simulation", {}))
     bad = set(sim) - set(SIMULATION_KEYS)
     if bad:
@@ -70,7 +83,8 @@ def load_simulation_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if "site" in raw:
         load_sites_file(path)  # validate now, not inside a simulated site
         run["sites-file"] = str(path.resolve())
-    return sim, run
+    phases = check_phase_tables(raw["phase"], str(path)) if "phase" in raw else []
+    return sim, run, phases
 
 
 def run_simulation(
@@ -80,8 +94,9 @@ def run_simulation(
     num_supernodes: int | None = None,
     stream: Any = sys.stdout,
 ) -> Path:
-    """Run one simulated federation; return its results folder. Raises on failure."""
-    sim, run = load_simulation_config(config) if config else ({}, {})
+    """Run one simulated federation (or its phases, in order); return its (last phase's)
+    results folder. Raises on failure."""
+    sim, run, phases = load_simulation_config(config) if config else ({}, {}, [])
     run.update(overrides)
     if num_supernodes is not None:
         sim["num-supernodes"] = num_supernodes
@@ -90,13 +105,25 @@ def run_simulation(
     stem = config.stem if config else "simulation"
     run.setdefault("run-name", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     run["results-dir"] = str(results_dir.resolve())
+    if phases:
+        return _run_phases(sim, run, phases, results_dir.resolve(), stream)
+    settings, final = _checked(run)
+    _prefetch(settings)
+    return _run_checked(sim, run, final, stream)
+
+
+def _checked(run: dict[str, Any]) -> tuple[RunSettings, Path]:
+    """The run's settings (pyproject defaults + ``run``) and its results folder, which must not
+    exist yet."""
     defaults = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     settings = RunSettings.from_run_config({**defaults["config"], **run})
-    _prefetch(settings)
-    final = results_dir.resolve() / settings.run_name
+    final = Path(settings.results_dir).resolve() / settings.run_name
     if final.exists():
         raise ConfigError(f"results folder {final} already exists; choose another run-name")
+    return settings, final
 
+
+def _run_checked(sim: dict[str, Any], run: dict[str, Any], final: Path, stream: Any) -> Path:
     try:
         _run(sim, run, stream)
     except BaseException:
@@ -106,6 +133,47 @@ def run_simulation(
     if not final.is_dir():
         raise SimulationError(f"the run completed but wrote no results folder at {final}")
     return final
+
+
+def _run_phases(
+    sim: dict[str, Any],
+    base: dict[str, Any],
+    tables: list[dict[str, Any]],
+    results_dir: Path,
+    stream: Any,
+) -> Path:
+    """Run the phases in order (simulations/phases.py), every one checked before the first
+    starts; the sites' shared ledgers and policies live in <results>/ledgers/<run-name>/."""
+    defaults = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    shared = results_dir / "ledgers" / str(base["run-name"])
+    phases = plan_phases(tables, base, defaults["config"], shared / "sites.toml")
+    checked = [_checked(phase.run_config) for phase in phases]
+    total = total_epsilon(base, defaults["config"])
+    policies = shared_site_policies(
+        str(base.get("sites-file", "")), int(sim["num-supernodes"]), shared, total
+    )
+    shared.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sites_file = shared / "sites.toml"  # may hold the sites' split keys: owner only
+    sites_file.touch(mode=0o600)
+    sites_file.write_text(policies)
+    load_sites_file(sites_file)  # what every site will read
+    for settings, _ in checked:
+        _prefetch(settings)
+    folders: list[tuple[Phase, Path]] = []
+    for number, (phase, (settings, final)) in enumerate(zip(phases, checked, strict=True), 1):
+        stream.write(
+            f"fedpriv: phase {number}/{len(phases)} {phase.name!r}: epsilon share "
+            f"{phase.epsilon_share:g} -> target-epsilon {settings.target_epsilon:g} of "
+            f"{total:g} (finetune={settings.finetune_mode}"
+            + (f", head from {settings.init_head_from}" if settings.init_head_from else "")
+            + ")\n"
+        )
+        stream.flush()
+        folders.append((phase, _run_checked(sim, phase.run_config, final, stream)))
+    stream.write(f"fedpriv: {len(phases)} phases done; shared site ledgers in {shared}\n")
+    for phase, folder in folders:
+        stream.write(f"fedpriv: phase {phase.name!r} results: {folder}\n")
+    return folders[-1][1]
 
 
 def _run(sim: dict[str, Any], run: dict[str, Any], stream: Any) -> None:

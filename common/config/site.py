@@ -158,7 +158,8 @@ def load_sites_file(path: str | Path) -> dict[int, SiteSettings]:
     """Per-site settings for a simulation: a TOML file of ``[site.N]`` tables (N = partition id)."""
     file = Path(path)
     raw = read_toml(file, "sites file")
-    unknown = set(raw) - {"site", "run", "simulation"}  # a simulation config may hold all three
+    # a simulation config may hold all of these (simulations/run.py)
+    unknown = set(raw) - {"site", "run", "simulation", "phase"}
     require(not unknown, f"sites file {file}: unknown top-level keys {sorted(unknown)}")
     tables = raw.get("site", {})
     require(isinstance(tables, dict), f"sites file {file}: 'site' must hold [site.N] tables")

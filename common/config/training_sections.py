@@ -56,7 +56,9 @@ class ModelSettings:
     features; only the head trains), lora (adapters r, alpha on lora-target-modules; the
     default) or full;
     pooling: how a sequence classifier reads the encoder (auto = the checkpoint's own);
-    normalize: L2-normalise the pooled vector; max-length: tokens per record."""
+    normalize: L2-normalise the pooled vector; max-length: tokens per record;
+    init-head-from: a saved fedpriv model directory whose trained classification head starts
+    this run (lora/full; linear-probe-then-fine-tune), "" = a fresh head."""
 
     model: str = setting("mlp", choices=MODELS)
     model_name_or_path: str = ""
@@ -68,6 +70,7 @@ class ModelSettings:
     lora_alpha: int = setting(16, low=1)
     lora_target_modules: str = "query,value"
     max_length: int = setting(64, low=8)
+    init_head_from: str = ""
 
     @property
     def finetune_mode(self) -> str:
@@ -90,6 +93,13 @@ class ModelSettings:
             "normalize (L2 norm of the pooled vector) needs pooling 'auto', 'mean' or 'cls'",
         )
         require(bool(self.lora_targets), "lora-target-modules must name at least one module")
+        require(
+            not self.init_head_from
+            or (self.model == "text" and self.finetune_mode in ("lora", "full")),
+            f"init-head-from starts a text model's lora or full fine-tuning from a trained head; "
+            f"got model={self.model!r}, finetune={self.finetune_mode!r} (a head run trains the "
+            "head from scratch: leave init-head-from empty)",
+        )
 
 
 @dataclass(frozen=True)

@@ -199,3 +199,13 @@ def test_readme_lists_every_run_config_key_under_its_section():
     for section, keys in section_keys().items():
         for key in keys:
             assert listed.get(key) == section, f"README: {key} should be listed under {section}"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"model": "text", "finetune": "head"}, {"model": "mlp"}, {"model": "logreg"}],
+)
+def test_init_head_from_is_refused_where_no_head_is_fine_tuned(extra):
+    with pytest.raises(ConfigError, match="init-head-from starts a text model's lora or full"):
+        RunSettings.from_run_config({"init-head-from": "/somewhere/model", **extra})
+    RunSettings.from_run_config({"model": "text", "init-head-from": "/somewhere/model"})
