@@ -1,4 +1,8 @@
-"""A site that keeps its ledger composes its spend over every round of every run on its data."""
+"""A site that keeps its ledger composes its spend over every round of every run on its data.
+
+Marked long (skipped unless --run-long): tests/client/test_site_restart.py composes over two
+runs through killed processes, tests/simulations/test_phases.py over two phases through the real
+site gate, and the record-budget property over 1,000 requests."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ def _rounds(folder: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_second_run_reports_composition_of_both_runs(tmp_path: Path) -> None:
     sites = tmp_path / "sites.toml"
     sites.write_text(

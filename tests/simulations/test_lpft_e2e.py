@@ -2,7 +2,10 @@
 tiny random BERT, 2 sites, 1 round per phase. Phase 2 starts from phase 1's head (its summary
 says so, with phase 1's model digest), and in the sites' shared ledgers every record's epsilon
 composed over both phases (dp-accounting RDP over the rows) is <= the total target and more
-than phase 1 alone."""
+than phase 1 alone.
+
+Marked long (skipped unless --run-long; ~140 s): tests/simulations/test_phases.py composes both
+phases through the real site gate and tests/server/test_initial_head.py checks the head start."""
 
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ def _epsilon(rows) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_linear_probe_then_lora_composes_both_phases_in_the_shared_ledgers(tmp_path: Path):
     tiny = save_tiny_bert(tmp_path / "tiny-bert")
     config = tmp_path / "lpft.toml"
