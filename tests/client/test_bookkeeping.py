@@ -283,3 +283,55 @@ def test_a_layer_the_loss_does_not_reach_gets_a_zero_gradient():
     ours, norms = _clipped_sums(lambda: model, data, nn.CrossEntropyLoss(), "bookkeeping", 1e6)
     assert torch.equal(ours["unused.weight"], torch.zeros(2, 4))
     assert ours["used.weight"].abs().sum() > 0 and norms.shape == (6,)
+
+
+def test_dp_full_fine_tuning_of_the_real_minilm_learns_in_bookkeeping_mode():
+    """The packaged all-MiniLM-L6-v2, every parameter but the word embeddings trained with
+    DP-SGD (sigma 0.7, C 1, Poisson q = 32/256, 24 steps) through book-keeping clipping: held-out
+    accuracy on sentiment phrases whose adjectives were never trained rises by more than 0.2 to
+    >= 0.8 (measured: 0.72 with the fresh head, 0.97 after), with the sigma and q accounted."""
+    from common.data.assets import fetch
+
+    model_dir = fetch("all-minilm-l6-v2")
+    positive = "great wonderful excellent superb delightful brilliant lovely moving".split()
+    negative = "awful terrible dreadful boring dull horrible tedious clumsy".split()
+    nouns = "film movie story plot acting script ending cast".split()
+    rng = np.random.default_rng(0)
+
+    def texts(words, n):
+        return [f"a {rng.choice(words)} {rng.choice(nouns)}" for _ in range(n)]
+
+    train_texts = texts(positive[:6], 128) + texts(negative[:6], 128)
+    test_texts = texts(positive[6:], 50) + texts(negative[6:], 50)  # adjectives never trained
+    train_labels, test_labels = [1] * 128 + [0] * 128, [1] * 50 + [0] * 50
+    torch.manual_seed(0)
+    model, tokenizer = load_text_classifier(
+        str(model_dir),
+        2,
+        lora=None,
+        device="cpu",
+        freeze_word_embeddings=True,
+        pooling="mean",
+        normalize=True,
+    )
+    train = encode_texts(tokenizer, train_texts, train_labels, max_length=8)[0]
+    test = encode_texts(tokenizer, test_texts, test_labels, max_length=8)[0]
+    before = evaluate(model, test, device="cpu").accuracy
+    result = train_locally(
+        model,
+        train,
+        batch_size=32,
+        epochs=3,
+        learning_rate=1e-3,
+        dp=DpSgdSettings(noise_multiplier=0.7, max_grad_norm=1.0),
+        device="cpu",
+        seed=0,
+        optimizer="adam",
+        grad_sample_mode="bookkeeping",
+    )
+    after = evaluate(model, test, device="cpu").accuracy
+    assert result.grad_sample_mode == "bookkeeping" and result.num_steps == 3 * 8
+    assert (result.noise_multiplier, result.sample_rate) == (0.7, 32 / 256)
+    assert after >= 0.8 and after > before + 0.2, (before, after)
+    spent = compute_epsilon([DpRelease(0.7, 32 / 256, result.num_steps)], 1e-3, "rdp")
+    assert 0 < spent < math.inf
