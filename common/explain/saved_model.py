@@ -86,7 +86,15 @@ def _load_text(checkpoint: Path) -> SavedModel:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     except (OSError, ValueError) as err:
         raise NotAModelFolder(f"{checkpoint} has no usable tokenizer ({err})") from err
-    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the run's log
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     names = [str(config.id2label.get(i, f"class {i}")) for i in range(config.num_labels)]
     # transformers' default id2label ("LABEL_0") names nothing: say "class 0" instead
     names = [f"class {i}" if re.fullmatch(r"LABEL_\d+", n) else n for i, n in enumerate(names)]
