@@ -24,6 +24,20 @@ def reference_pld(batches: Iterable[Batch], delta: float) -> float:
     return accountant.get_epsilon(delta)
 
 
+def reference_rdp(batches: Iterable[Batch], delta: float) -> float:
+    """dp-accounting RDP, one composed event per batch."""
+    accountant = dp_accounting.rdp.RdpAccountant()
+    for sigma, q, steps in batches:
+        accountant.compose(dpsgd_event(sigma, q, steps))
+    return accountant.get_epsilon(delta)
+
+
+def ledger_rdp(rows: list) -> float:
+    """reference_rdp over ledger rows (sigma, q, steps each), at the delta of the last."""
+    batches = [(r.noise_multiplier, r.sample_rate, r.steps) for r in rows]
+    return reference_rdp(batches, rows[-1].delta)
+
+
 def opacus_rdp(batches: Iterable[Batch], delta: float) -> float:
     """Opacus's RDP accountant over the same history."""
     from opacus.accountants import RDPAccountant  # imported here: spawned workers skip torch

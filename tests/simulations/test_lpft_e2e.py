@@ -13,12 +13,12 @@ import io
 import json
 from pathlib import Path
 
-import dp_accounting
 import pytest
 
 from common.models.tiny import save_tiny_bert
 from common.privacy.ledger import PrivacyLedger
 from simulations.run import run_simulation
+from tests.reference_accountants import ledger_rdp
 
 TOTAL = 4.0
 PHASES = """
@@ -40,16 +40,6 @@ learning-rate = 0.001
 optimizer = "adam"
 epsilon-share = 0.5
 """
-
-
-def _epsilon(rows) -> float:
-    accountant = dp_accounting.rdp.RdpAccountant()
-    for r in rows:
-        step = dp_accounting.PoissonSampledDpEvent(
-            r.sample_rate, dp_accounting.GaussianDpEvent(r.noise_multiplier)
-        )
-        accountant.compose(step, r.steps)
-    return accountant.get_epsilon(rows[-1].delta)
 
 
 @pytest.mark.slow
@@ -107,12 +97,12 @@ def test_linear_probe_then_lora_composes_both_phases_in_the_shared_ledgers(tmp_p
         assert {r.run_id.split("@")[0] for r in training} == {"lpft-head", "lpft-lora"}
         for key in {r.fingerprint for r in rows}:
             mine = [r for r in rows if r.fingerprint == key]
-            assert _epsilon(mine) <= TOTAL + 1e-9
+            assert ledger_rdp(mine) <= TOTAL + 1e-9
         (key,) = {r.fingerprint for r in training}  # the site's training records
         head_only = [r for r in training if r.run_id.startswith("lpft-head@")]
-        both = _epsilon(training)
-        assert _epsilon(head_only) == pytest.approx(2.0, rel=0.02)
-        assert _epsilon(head_only) < both <= TOTAL
+        both = ledger_rdp(training)
+        assert ledger_rdp(head_only) == pytest.approx(2.0, rel=0.02)
+        assert ledger_rdp(head_only) < both <= TOTAL
     # the sites reported the composed epsilon of both phases
     final = second["sites"]
     assert len(final) == 2

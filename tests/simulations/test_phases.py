@@ -10,7 +10,6 @@ import tomllib
 from dataclasses import replace
 from pathlib import Path
 
-import dp_accounting
 import pytest
 
 from client.gate import authorize_round
@@ -19,6 +18,7 @@ from common.privacy.ledger import PrivacyLedger
 from common.protocol.request import TrainRequest
 from simulations.phases import check_phase_tables, plan_phases, shared_site_policies
 from simulations.run import load_simulation_config, run_simulation
+from tests.reference_accountants import ledger_rdp
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
@@ -213,22 +213,12 @@ def test_both_phases_compose_in_the_shared_ledger_within_the_total_budget(tmp_pa
                     steps=settings.local_steps,
                 )
                 ledger.mark_released(grant.row_id, settings.local_steps)
-            epsilons.append(_rdp_epsilon(ledger.rows("records")))
+            epsilons.append(ledger_rdp(ledger.rows("records")))
         rows = ledger.rows("records")
     assert len(rows) == 3 + 2 and len({r.run_id for r in rows}) == 2
     first_alone, both = epsilons
     assert first_alone == pytest.approx(2.0, rel=0.01)  # phase 1 spent its share, 0.5 x 4
     assert first_alone < both <= total
-
-
-def _rdp_epsilon(rows) -> float:
-    accountant = dp_accounting.rdp.RdpAccountant()
-    for r in rows:
-        step = dp_accounting.PoissonSampledDpEvent(
-            r.sample_rate, dp_accounting.GaussianDpEvent(r.noise_multiplier)
-        )
-        accountant.compose(step, r.steps)
-    return accountant.get_epsilon(rows[-1].delta)
 
 
 def test_the_lpft_recipe_plans_a_head_phase_then_lora_from_its_head(tmp_path):
