@@ -217,7 +217,7 @@ def run_train_round(
 def _kept(site: Site, request: TrainRequest, received_sha256: str, reply: RoundReply) -> RoundReply:
     """Keep a released reply (client/released_updates.py) so a resumed run can get it again."""
     assert reply.arrays is not None
-    update = ReleasedUpdate(reply.arrays, reply.metrics, site.session, {}, received_sha256)
+    update = ReleasedUpdate(reply.arrays, reply.metrics, site.session, received_sha256)
     keep_released(site.ledger_path, site.data.train_key, request, update)
     return reply
 

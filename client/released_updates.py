@@ -38,14 +38,13 @@ _META = "__fedpriv_release__"
 
 @dataclass(frozen=True)
 class ReleasedUpdate:
-    """What a site sent for one round: arrays and scalar metrics, and what it answered: who
-    asked (session), the request, and received_sha256 (``weights_digest`` of the global model
-    it trained from, taken before training)."""
+    """What a site sent for one round: arrays and scalar metrics; who asked (session, the
+    Flower run) and received_sha256 (``weights_digest`` of the global model it trained from,
+    taken before training). The request it answered is stored beside it."""
 
     arrays: dict[str, np.ndarray]
     metrics: dict[str, float | int]
     session: str
-    request: dict
     received_sha256: str
 
 
@@ -110,6 +109,4 @@ def released_again(
     )
     if not same:
         return None
-    return ReleasedUpdate(
-        arrays, meta["metrics"], meta["session"], meta["request"], meta["received-sha256"]
-    )
+    return ReleasedUpdate(arrays, meta["metrics"], meta["session"], meta["received-sha256"])
